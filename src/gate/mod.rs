@@ -1,0 +1,236 @@
+//! The request path. Every request goes
+//! **route → reserved prefix → strip → authenticate → authorize → decorate → forward → log**,
+//! each a function below, so the life of a request reads top to bottom in one place.
+
+pub mod route;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::config::AppConfig;
+use crate::error::Refusal;
+use crate::proxy::{headers as hop, ProxyError};
+use crate::state::AppState;
+use crate::web::{self, cookies, forwarded, Body};
+
+pub use route::{Router, Site};
+
+/// What the listener knows about the connection a request came in on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Handles one request from a client connection and always produces a response.
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let host = request_host(&req);
+    let site = state.router.route(req.uri(), req.headers());
+    let app_id = site
+        .and_then(|s| s.app)
+        .and_then(|i| state.config.apps.get(i))
+        .map(|a| a.id.clone());
+
+    let res = match site {
+        None => refuse(&state, &Refusal::NotFound, &req),
+        Some(site) => {
+            dispatch(
+                &state,
+                req.map(|b| b.map_err(Into::into).boxed()),
+                site,
+                conn,
+            )
+            .await
+        }
+    };
+
+    log_request(
+        &method,
+        &host,
+        &path,
+        res.status(),
+        started,
+        app_id.as_deref(),
+    );
+    res
+}
+
+async fn dispatch(
+    state: &Arc<AppState>,
+    req: Request<Body>,
+    site: Site,
+    conn: ConnInfo,
+) -> Response<Body> {
+    if is_reserved(req.uri().path()) {
+        return crate::pages::handle(state, req, site, conn).await;
+    }
+    let Some(app) = site.app.and_then(|i| state.config.apps.get(i)) else {
+        // The auth origin alone serves nothing but its pages: send people to sign in.
+        return crate::pages::landing(state, &req);
+    };
+    let mut req = req;
+    strip(state, &mut req);
+
+    let public = route::is_plain_path(req.uri().path())
+        && app.public_paths.iter().any(|p| p.matches(req.uri().path()));
+    if !public {
+        let identity = match crate::pages::authenticate(state, &req, app).await {
+            Ok(Some(identity)) => identity,
+            Ok(None) => return unauthenticated(state, &req, app),
+            Err(refusal) => return refuse(state, &refusal, &req),
+        };
+        if let Err(refusal) = authorize(&identity, app) {
+            return refuse(state, &refusal, &req);
+        }
+        if let Err(refusal) = crate::pages::decorate(state, &mut req, &identity, app) {
+            return refuse(state, &refusal, &req);
+        }
+    }
+    forward(state, req, app, conn).await
+}
+
+/// `/.portcullis/` and everything under it belongs to Portcullis on every host.
+pub fn is_reserved(path: &str) -> bool {
+    path == "/.portcullis" || path.starts_with("/.portcullis/")
+}
+
+/// Removes everything a client could use to impersonate someone: every header we set
+/// (for any app — a header one app trusts must not leak in through another's config),
+/// any `X-Portcullis-*`, and our own cookies. Runs on public paths too (SPEC §3).
+pub fn strip(state: &AppState, req: &mut Request<Body>) {
+    let headers = req.headers_mut();
+    for name in &state.identity_header_names {
+        headers.remove(name);
+    }
+    let spoofed: Vec<_> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-portcullis-"))
+        .cloned()
+        .collect();
+    for k in spoofed {
+        headers.remove(k);
+    }
+    cookies::strip_own(headers);
+}
+
+fn authorize(identity: &crate::pages::Identity, app: &AppConfig) -> Result<(), Refusal> {
+    if identity.apps.contains(&app.id) {
+        Ok(())
+    } else {
+        Err(Refusal::Forbidden {
+            app: app.name.clone(),
+        })
+    }
+}
+
+/// SPEC §2.1: navigations go to the sign-in page; everything else gets 401 JSON.
+fn unauthenticated(state: &AppState, req: &Request<Body>, app: &AppConfig) -> Response<Body> {
+    if web::is_navigation(req.method(), req.headers()) {
+        let original = format!(
+            "{}{}",
+            app.url,
+            req.uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+        );
+        let location = format!(
+            "{}/.portcullis/login?rd={}",
+            state.config.server.auth_url,
+            percent_encoding::utf8_percent_encode(&original, percent_encoding::NON_ALPHANUMERIC)
+        );
+        web::redirect(StatusCode::FOUND, &location, &state.branding.page_headers)
+    } else {
+        Refusal::Unauthenticated.respond(&state.branding, false)
+    }
+}
+
+async fn forward(
+    state: &AppState,
+    mut req: Request<Body>,
+    app: &AppConfig,
+    conn: ConnInfo,
+) -> Response<Body> {
+    let peer = conn.peer.ip();
+    let trusted = forwarded::is_trusted(peer, &state.config.server.trusted_proxies);
+    let host = request_host(&req);
+    let proto = if conn.tls { "https" } else { "http" };
+    hop::set_forwarded(req.headers_mut(), peer, trusted, proto, &host);
+    match state.upstreams.forward(req, &app.upstream).await {
+        Ok(res) => res,
+        Err(ProxyError::Timeout) => {
+            tracing::warn!(app = %app.id, "upstream timed out");
+            Refusal::GatewayTimeout {
+                app: app.name.clone(),
+            }
+            .respond(&state.branding, true)
+        }
+        Err(ProxyError::Unreachable) => {
+            tracing::warn!(app = %app.id, "upstream unreachable");
+            Refusal::BadGateway {
+                app: app.name.clone(),
+            }
+            .respond(&state.branding, true)
+        }
+        Err(ProxyError::BadRequest(why)) => {
+            Refusal::BadRequest(format!("{why}.")).respond(&state.branding, false)
+        }
+    }
+}
+
+/// A refusal as a page for people and as JSON for programs.
+pub fn refuse<B>(state: &AppState, refusal: &Refusal, req: &Request<B>) -> Response<Body> {
+    let wants_html = web::is_navigation(req.method(), req.headers())
+        || req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/html"));
+    refusal.respond(&state.branding, wants_html)
+}
+
+fn request_host<B>(req: &Request<B>) -> String {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+/// One line per request. The path is logged without its query: queries under
+/// `/.portcullis/` carry one-time codes and tokens, and app queries may carry anything.
+fn log_request(
+    method: &http::Method,
+    host: &str,
+    path: &str,
+    status: StatusCode,
+    started: Instant,
+    app: Option<&str>,
+) {
+    tracing::info!(
+        target: "portcullis::access",
+        method = %method,
+        host = %host,
+        path = %path,
+        status = status.as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        app = app.unwrap_or("-"),
+    );
+}

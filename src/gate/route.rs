@@ -1,0 +1,175 @@
+//! Routing by `Host` / `:authority` to the configured site, and the path checks that
+//! decide whether a request may skip sign-in.
+
+use std::collections::HashMap;
+
+use http::header::{self, HeaderMap};
+use http::Uri;
+
+use crate::config::{split_host_port, Config};
+
+/// What a host is to us. The auth origin may also be an app origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Site {
+    pub app: Option<usize>,
+    pub is_auth: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// host → [(port, site)]; ports are the public ones from the config.
+    hosts: HashMap<String, Vec<(u16, Site)>>,
+}
+
+impl Router {
+    pub fn new(cfg: &Config) -> Self {
+        let mut hosts: HashMap<String, Vec<(u16, Site)>> = HashMap::new();
+        let auth = &cfg.server.auth_url;
+        for (i, app) in cfg.apps.iter().enumerate() {
+            let is_auth = app.url.host == auth.host && app.url.port == auth.port;
+            hosts.entry(app.url.host.clone()).or_default().push((
+                app.url.port,
+                Site {
+                    app: Some(i),
+                    is_auth,
+                },
+            ));
+        }
+        let entry = hosts.entry(auth.host.clone()).or_default();
+        if !entry.iter().any(|(p, _)| *p == auth.port) {
+            entry.push((
+                auth.port,
+                Site {
+                    app: None,
+                    is_auth: true,
+                },
+            ));
+        }
+        Self { hosts }
+    }
+
+    /// The site for a request. A `Host` without a port matches the site on that host when
+    /// there is exactly one (behind a load balancer the public port is not the listener's).
+    pub fn route(&self, uri: &Uri, headers: &HeaderMap) -> Option<Site> {
+        let authority = match uri.authority() {
+            Some(a) => a.as_str(),
+            None => headers.get(header::HOST)?.to_str().ok()?,
+        };
+        let (host, port) = split_host_port(authority)?;
+        let candidates = self.hosts.get(&host)?;
+        match port {
+            Some(p) => candidates.iter().find(|(cp, _)| *cp == p).map(|(_, s)| *s),
+            None => match candidates.as_slice() {
+                [(_, only)] => Some(*only),
+                several => several
+                    .iter()
+                    .find(|(cp, _)| *cp == 80 || *cp == 443)
+                    .map(|(_, s)| *s),
+            },
+        }
+    }
+}
+
+/// A path may be matched against `public_paths` only when it is already in the form an
+/// upstream will resolve it to. Dot segments, encoded slashes or dots, backslashes, `;`
+/// parameters and empty segments could make `/static/../admin` match `/static/*` here and
+/// mean `/admin` upstream, so such paths always require sign-in.
+pub fn is_plain_path(path: &str) -> bool {
+    if !path.starts_with('/') || path.contains("//") || path.contains('\\') || path.contains(';') {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2e")
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.contains("%00")
+    {
+        return false;
+    }
+    !path.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use std::path::Path;
+
+    fn cfg() -> Config {
+        Config::parse(
+            r#"
+[server]
+listen = "127.0.0.1:8080"
+auth_url = "http://login.localhost:8080"
+[[app]]
+id = "portal"
+name = "Portal"
+url = "http://portal.localhost:8080"
+upstream = "http://127.0.0.1:9001"
+[[app]]
+id = "shop"
+name = "Shop"
+url = "https://shop.example.com"
+upstream = "http://127.0.0.1:9002"
+"#,
+            Path::new("/tmp"),
+        )
+        .unwrap()
+    }
+
+    fn host(h: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(header::HOST, HeaderValue::from_str(h).unwrap());
+        m
+    }
+
+    #[test]
+    fn routes_by_host_and_port() {
+        let r = Router::new(&cfg());
+        let uri: Uri = "/x".parse().unwrap();
+        assert_eq!(
+            r.route(&uri, &host("portal.localhost:8080")).unwrap().app,
+            Some(0)
+        );
+        assert_eq!(
+            r.route(&uri, &host("PORTAL.localhost.:8080")).unwrap().app,
+            Some(0)
+        );
+        assert!(r.route(&uri, &host("portal.localhost:8081")).is_none());
+        assert!(r.route(&uri, &host("evil.localhost:8080")).is_none());
+        assert!(
+            r.route(&uri, &host("login.localhost:8080"))
+                .unwrap()
+                .is_auth
+        );
+        assert_eq!(
+            r.route(&uri, &host("shop.example.com")).unwrap().app,
+            Some(1)
+        );
+        assert!(r.route(&uri, &HeaderMap::new()).is_none());
+        assert!(r.route(&uri, &host("a b")).is_none());
+        let h2: Uri = "https://shop.example.com/x".parse().unwrap();
+        assert_eq!(r.route(&h2, &HeaderMap::new()).unwrap().app, Some(1));
+    }
+
+    #[test]
+    fn tricky_paths_are_not_plain() {
+        for p in [
+            "/static/../admin",
+            "/static/%2e%2e/admin",
+            "/static/%2E%2E/admin",
+            "/static/..%2fadmin",
+            "/static//x",
+            "/static/.\\admin",
+            "/static/x;jsessionid=1",
+            "/static/./x",
+            "/static/%00",
+        ] {
+            assert!(!is_plain_path(p), "{p}");
+        }
+        assert!(is_plain_path("/static/app.css"));
+        assert!(is_plain_path("/healthz"));
+        assert!(is_plain_path("/static/a.b/c..d"));
+    }
+}

@@ -1,0 +1,258 @@
+//! The public listener: TCP (and TLS), HTTP/1.1 and HTTP/2, client timeouts, and graceful
+//! shutdown. It knows nothing about sign-in; every request goes to [`crate::gate::handle`].
+
+pub mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::gate::{self, ConnInfo};
+use crate::state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A bound, not yet running server. Binding first lets tests ask for port 0 and read the
+/// real port before any request is sent.
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Application {
+    pub async fn build(state: Arc<AppState>) -> Result<Self, ServerError> {
+        let addr = state.config.server.listen;
+        let tls = match &state.config.tls {
+            Some(t) => Some(TlsAcceptor::from(tls::server_config(&t.cert, &t.key)?)),
+            None => None,
+        };
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServerError::Bind {
+                addr,
+                reason: match e.kind() {
+                    std::io::ErrorKind::AddrInUse => {
+                        "the address is already in use — is another server running?".into()
+                    }
+                    std::io::ErrorKind::PermissionDenied => {
+                        "permission denied — ports below 1024 need privileges".into()
+                    }
+                    _ => e.to_string(),
+                },
+            })?;
+        Ok(Self {
+            listener,
+            state,
+            tls,
+        })
+    }
+
+    /// Serves on a listener the caller bound already (tests bind port 0 first so the
+    /// public URLs in the config can name the real port).
+    pub fn with_listener(
+        state: Arc<AppState>,
+        listener: std::net::TcpListener,
+    ) -> Result<Self, ServerError> {
+        let addr = listener.local_addr().unwrap_or(state.config.server.listen);
+        let bind_error = |e: std::io::Error| ServerError::Bind {
+            addr,
+            reason: e.to_string(),
+        };
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        let listener = TcpListener::from_std(listener).map_err(bind_error)?;
+        let tls = match &state.config.tls {
+            Some(t) => Some(TlsAcceptor::from(tls::server_config(&t.cert, &t.key)?)),
+            None => None,
+        };
+        Ok(Self {
+            listener,
+            state,
+            tls,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.state.config.server.listen)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets requests in flight
+    /// finish within `drain_timeout`, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Application {
+            listener,
+            state,
+            tls,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Each connection task holds a sender; when all are gone, the drain is complete.
+        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let state = state.clone();
+                    let tls = tls.clone();
+                    let stop = stop_rx.clone();
+                    let alive = alive_tx.clone();
+                    tokio::spawn(async move {
+                        serve_connection(state, stream, peer, tls, stop).await;
+                        drop(alive);
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+        let _ = stop_tx.send(true);
+        drop(alive_tx);
+        let drain = state.config.server.drain_timeout;
+        if tokio::time::timeout(drain, alive_rx.recv()).await.is_err() {
+            tracing::warn!(
+                "some requests did not finish within the drain timeout of {:?}",
+                drain
+            );
+        }
+    }
+}
+
+async fn serve_connection(
+    state: Arc<AppState>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let head_timeout = state.config.server.header_read_timeout;
+    match tls {
+        Some(acceptor) => {
+            let Ok(Ok(tls_stream)) =
+                tokio::time::timeout(head_timeout, acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let conn = ConnInfo { peer, tls: true };
+            serve_io(state, tls_stream, h2, conn, stop).await;
+        }
+        None => {
+            let Some(h2) = sniff_h2(&stream, head_timeout).await else {
+                return;
+            };
+            let conn = ConnInfo { peer, tls: false };
+            serve_io(state, stream, h2, conn, stop).await;
+        }
+    }
+}
+
+/// Decides between HTTP/1.1 and HTTP/2 prior knowledge on a plain connection by peeking
+/// at the first bytes. `None` when the client sends nothing within the timeout: an idle
+/// or trickling client is cut off before it costs more than a socket.
+async fn sniff_h2(stream: &TcpStream, timeout: Duration) -> Option<bool> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; 24];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        // A prefix of the preface so far: peek does not wait for more, so pause briefly.
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn serve_io<I>(
+    state: Arc<AppState>,
+    io: I,
+    h2: bool,
+    conn: ConnInfo,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service_state = state.clone();
+    let service = service_fn(move |req| {
+        let state = service_state.clone();
+        async move { Ok::<_, Infallible>(gate::handle(state, req, conn).await) }
+    });
+    let io = TokioIo::new(io);
+    let server = &state.config.server;
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .max_concurrent_streams(256)
+            .max_header_list_size(64 * 1024);
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+        }
+        let _ = conn.await;
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            // Also bounds how long an idle keep-alive connection is held: hyper restarts
+            // this timer while it waits for the next request head.
+            .header_read_timeout(server.header_read_timeout)
+            .max_buf_size(64 * 1024)
+            .keep_alive(true);
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+        }
+        let _ = conn.await;
+    }
+}

@@ -1,0 +1,212 @@
+//! Portcullis's own cookies: their names, reading them from `Cookie`, writing
+//! `Set-Cookie`, and removing them before a request goes upstream (SPEC §3).
+
+use http::header::{self, HeaderMap, HeaderValue};
+
+/// Names of our cookies. On https they carry the `__Host-` prefix, which makes browsers
+/// insist on `Secure`, `Path=/` and no `Domain` (host-only), so a sibling subdomain
+/// cannot plant or shadow them.
+#[derive(Debug, Clone)]
+pub struct CookieNames {
+    /// The auth-origin session (full sign-in).
+    pub session: &'static str,
+    /// An app origin's own cookie, handed over through the SSO callback.
+    pub app: &'static str,
+    /// A pending sign-in (password accepted, second factor not yet).
+    pub pending: &'static str,
+    /// The per-browser CSRF binding value.
+    pub csrf: &'static str,
+    pub secure: bool,
+}
+
+impl CookieNames {
+    pub fn new(https: bool) -> Self {
+        if https {
+            Self {
+                session: "__Host-portcullis-session",
+                app: "__Host-portcullis-app",
+                pending: "__Host-portcullis-pending",
+                csrf: "__Host-portcullis-csrf",
+                secure: true,
+            }
+        } else {
+            Self {
+                session: "portcullis-session",
+                app: "portcullis-app",
+                pending: "portcullis-pending",
+                csrf: "portcullis-csrf",
+                secure: false,
+            }
+        }
+    }
+
+    /// `Set-Cookie` for one of our cookies. `max_age` None makes a browser-session cookie.
+    pub fn set(&self, name: &str, value: &str, max_age: Option<i64>) -> Option<HeaderValue> {
+        let mut s = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
+        if self.secure {
+            s.push_str("; Secure");
+        }
+        if let Some(age) = max_age {
+            s.push_str(&format!("; Max-Age={age}"));
+        }
+        HeaderValue::from_str(&s).ok()
+    }
+
+    pub fn clear(&self, name: &str) -> Option<HeaderValue> {
+        self.set(name, "", Some(0))
+    }
+}
+
+/// True for any cookie Portcullis owns or could own, under either naming scheme, so an
+/// https deployment also strips a plain-named cookie a client made up.
+pub fn is_portcullis_cookie(name: &[u8]) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with(b"portcullis") || lower.starts_with(b"__host-portcullis")
+}
+
+/// Iterates `name=value` pairs of every `Cookie` header, tolerating junk: pairs that are
+/// not valid UTF-8 or lack `=` are skipped rather than failing the request.
+pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            Some((k.trim(), v.trim().trim_matches('"')))
+        })
+}
+
+/// The value of cookie `name`. A client that sends the same cookie twice gets `None`:
+/// ambiguity here could let a planted cookie win (cookie tossing).
+pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut found = None;
+    for (k, v) in cookie_pairs(headers) {
+        if k == name {
+            if found.is_some() && found != Some(v) {
+                return None;
+            }
+            found = Some(v);
+        }
+    }
+    found
+}
+
+/// Removes our cookies from every `Cookie` header and keeps everyone else's byte for byte.
+pub fn strip_own(headers: &mut HeaderMap) {
+    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
+    if values.is_empty() {
+        return;
+    }
+    let mut kept: Vec<&[u8]> = Vec::new();
+    let mut removed_any = false;
+    for v in &values {
+        for pair in v.as_bytes().split(|b| *b == b';') {
+            let trimmed = trim_ascii(pair);
+            if trimmed.is_empty() {
+                continue;
+            }
+            let name = trimmed.split(|b| *b == b'=').next().unwrap_or(trimmed);
+            if is_portcullis_cookie(trim_ascii(name)) {
+                removed_any = true;
+            } else {
+                kept.push(trimmed);
+            }
+        }
+    }
+    if !removed_any && values.len() == 1 {
+        return;
+    }
+    headers.remove(header::COOKIE);
+    if kept.is_empty() {
+        return;
+    }
+    let joined = kept.join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end.max(start)]
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn headers(cookies: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for c in cookies {
+            h.append(header::COOKIE, HeaderValue::from_bytes(c).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn own_cookies_are_stripped_and_others_kept() {
+        let mut h = headers(&[
+            b"theme=dark; portcullis-session=abc; __Host-portcullis-app=x",
+            b"PORTCULLIS-csrf=y; lang=en",
+        ]);
+        strip_own(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0], "theme=dark; lang=en");
+    }
+
+    #[test]
+    fn only_own_cookies_leaves_no_cookie_header() {
+        let mut h = headers(&[b"portcullis-app=1"]);
+        strip_own(&mut h);
+        assert!(h.get(header::COOKIE).is_none());
+    }
+
+    #[test]
+    fn junk_cookies_never_panic() {
+        let mut h = headers(&[b"=;;; ;=x; \xff\xfe=1; a", b"portcullis-app"]);
+        strip_own(&mut h);
+        assert_eq!(
+            h.get(header::COOKIE).unwrap().as_bytes(),
+            b"=; =x; \xff\xfe=1; a"
+        );
+        assert_eq!(get(&h, "a"), None);
+    }
+
+    #[test]
+    fn a_duplicated_cookie_with_different_values_is_ignored() {
+        let h = headers(&[b"portcullis-session=a; portcullis-session=b"]);
+        assert_eq!(get(&h, "portcullis-session"), None);
+        let h = headers(&[b"portcullis-session=a"]);
+        assert_eq!(get(&h, "portcullis-session"), Some("a"));
+    }
+
+    #[test]
+    fn set_cookie_has_the_security_attributes() {
+        let n = CookieNames::new(true);
+        let v = n.set(n.session, "tok", None).unwrap();
+        let s = v.to_str().unwrap();
+        assert!(s.starts_with("__Host-portcullis-session=tok; Path=/"));
+        assert!(s.contains("HttpOnly"));
+        assert!(s.contains("SameSite=Lax"));
+        assert!(s.contains("Secure"));
+        assert!(!s.contains("Domain"));
+        let plain = CookieNames::new(false);
+        assert!(!plain
+            .set(plain.app, "t", Some(5))
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("Secure"));
+    }
+}

@@ -1,0 +1,501 @@
+//! Test harness: the real server on an ephemeral port, small in-test upstreams, and a
+//! browser-like client (cookie jar per host, forms, no automatic redirects).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::config::Config;
+use portcullis::server::Application;
+use portcullis::state::AppState;
+use tokio::net::TcpListener;
+
+pub type TestBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+// ---------------------------------------------------------------- upstream
+
+/// A small backend: `/echo` answers with the request it saw as JSON; `/stream` sends
+/// chunks with pauses; `/slow` waits; `/bytes/N` sends N bytes; `/upload` counts and
+/// checksums what it received; `/ws` echoes bytes after a 101 upgrade.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn spawn_upstream(name: &'static str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| upstream_handler(name, req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, task }
+}
+
+/// Pseudo-random but reproducible content, so a transfer can be checked byte for byte
+/// without holding it in memory.
+pub fn pattern_byte(i: u64) -> u8 {
+    (i.wrapping_mul(2654435761) >> 13) as u8
+}
+
+async fn upstream_handler(
+    name: &'static str,
+    mut req: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    let res = if path == "/stream" {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+        tokio::spawn(async move {
+            for i in 0..3 {
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from(format!("chunk{i};")))))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+        });
+        let stream = tokio_stream_from(rx);
+        Response::new(StreamBody::new(stream).boxed())
+    } else if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
+        Response::new(full("slow done"))
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        let total: u64 = n.parse().unwrap_or(0);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            while sent < total {
+                let len = (total - sent).min(64 * 1024);
+                let chunk: Vec<u8> = (sent..sent + len).map(pattern_byte).collect();
+                if tx.send(Ok(Frame::data(Bytes::from(chunk)))).await.is_err() {
+                    return;
+                }
+                sent += len;
+            }
+        });
+        let mut res = Response::new(StreamBody::new(tokio_stream_from(rx)).boxed());
+        res.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+        res
+    } else if path == "/upload" {
+        let mut body = req.into_body();
+        let mut count = 0u64;
+        let mut mismatches = 0u64;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Ok(data) = frame.into_data() {
+                for b in data.iter() {
+                    if *b != pattern_byte(count) {
+                        mismatches += 1;
+                    }
+                    count += 1;
+                }
+            }
+        }
+        Response::new(full(format!("{count} {mismatches}")))
+    } else if path == "/ws" {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on_upgrade.await {
+                let mut io = TokioIo::new(up);
+                let (mut r, mut w) = tokio::io::split(&mut io);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut res = Response::new(full(""));
+        *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        res.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        res
+    } else {
+        let headers: HashMap<String, Vec<String>> = req
+            .headers()
+            .keys()
+            .map(|k| {
+                (
+                    k.as_str().to_string(),
+                    req.headers()
+                        .get_all(k)
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .collect(),
+                )
+            })
+            .collect();
+        let body = serde_json::json!({
+            "upstream": name,
+            "method": req.method().as_str(),
+            "path": req.uri().path(),
+            "query": req.uri().query(),
+            "headers": headers,
+        });
+        let mut res = Response::new(full(body.to_string()));
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        res.headers_mut()
+            .insert("x-upstream-hop", HeaderValue::from_static("secret"));
+        res.headers_mut().insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-upstream-hop"),
+        );
+        res
+    };
+    Ok(res)
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+// ---------------------------------------------------------------- server
+
+#[allow(dead_code)]
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn url(&self, host: &str) -> String {
+        format!("http://{host}.localhost:{}", self.port)
+    }
+
+    /// Stops accepting and waits for the drain to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// The standard two-app config on `port`; `extra` is appended inside `[server]`, and
+/// `tail` after everything (more sections).
+pub fn config_text(
+    port: u16,
+    portal: SocketAddr,
+    analytics: SocketAddr,
+    extra: &str,
+    tail: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+auth_url = "http://login.localhost:{port}"
+data_dir = "data"
+{extra}
+
+[password]
+argon2_memory_kib = 64
+argon2_iterations = 1
+
+[[app]]
+id = "portal"
+name = "Partner Portal"
+url = "http://portal.localhost:{port}"
+upstream = "http://{portal}"
+public_paths = ["/healthz", "/static/*", "/echo", "/stream", "/slow/*", "/bytes/*", "/upload", "/ws"]
+
+[[app]]
+id = "analytics"
+name = "Partner Analytics"
+url = "http://analytics.localhost:{port}"
+upstream = "http://{analytics}"
+public_paths = ["/echo", "/slow/*"]
+{tail}
+"#
+    )
+}
+
+#[allow(dead_code)]
+pub struct Setup {
+    pub server: TestServer,
+    pub portal: Upstream,
+    pub analytics: Upstream,
+}
+
+/// Two upstreams and the server in front of them.
+pub async fn setup_with(extra: &str, tail: &str) -> Setup {
+    let portal = spawn_upstream("portal").await;
+    let analytics = spawn_upstream("analytics").await;
+    let server =
+        start_server(|port| config_text(port, portal.addr, analytics.addr, extra, tail)).await;
+    Setup {
+        server,
+        portal,
+        analytics,
+    }
+}
+
+pub async fn setup() -> Setup {
+    setup_with("", "").await
+}
+
+pub async fn start_server(make_config: impl FnOnce(u16) -> String) -> TestServer {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = make_config(addr.port());
+    std::fs::write(dir.path().join("config.toml"), &text).unwrap();
+    let config = Config::load(&dir.path().join("config.toml")).unwrap();
+    let state = Arc::new(AppState::new(config.clone()));
+    let app = Application::with_listener(state, listener).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        app.run(async {
+            let _ = stop_rx.await;
+        })
+        .await;
+    });
+    TestServer {
+        addr,
+        port: addr.port(),
+        dir,
+        config,
+        stop: Some(stop_tx),
+        task: Some(task),
+    }
+}
+
+pub fn write_config_file(dir: &std::path::Path, text: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+// ---------------------------------------------------------------- client
+
+/// A browser-like client: every host resolves to the server, cookies are kept per host,
+/// redirects are returned, not followed (tests follow them on purpose).
+#[derive(Clone)]
+pub struct Browser {
+    server: SocketAddr,
+    jar: Arc<Mutex<HashMap<String, HashMap<String, String>>>>,
+}
+
+pub struct Page {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    pub fn location(&self) -> Option<String> {
+        self.headers
+            .get(header::LOCATION)
+            .map(|v| v.to_str().unwrap().to_string())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+impl Browser {
+    pub fn new(server: SocketAddr) -> Self {
+        Self {
+            server,
+            jar: Arc::default(),
+        }
+    }
+
+    #[allow(dead_code)]
+    pub fn cookie(&self, host: &str, name: &str) -> Option<String> {
+        self.jar
+            .lock()
+            .unwrap()
+            .get(host)
+            .and_then(|c| c.get(name).cloned())
+    }
+
+    #[allow(dead_code)]
+    pub fn set_cookie(&self, host: &str, name: &str, value: &str) {
+        self.jar
+            .lock()
+            .unwrap()
+            .entry(host.to_string())
+            .or_default()
+            .insert(name.to_string(), value.to_string());
+    }
+
+    pub async fn get(&self, url: &str) -> Page {
+        self.request(Method::GET, url, &[("accept", "text/html")], None)
+            .await
+    }
+
+    pub async fn get_json(&self, url: &str) -> Page {
+        self.request(Method::GET, url, &[("accept", "application/json")], None)
+            .await
+    }
+
+    /// Sends a form as a browser does: urlencoded, with `Origin` of the page's host.
+    pub async fn post_form(&self, url: &str, fields: &[(&str, &str)]) -> Page {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let origin = origin_of(url);
+        self.request(
+            Method::POST,
+            url,
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("origin", &origin),
+                ("accept", "text/html"),
+            ],
+            Some(Bytes::from(body)),
+        )
+        .await
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+    ) -> Page {
+        let res = self
+            .send(method, url, headers, full(body.unwrap_or_default()))
+            .await;
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        Page {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    /// Sends and returns the streaming response (for tests that read it incrementally).
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: TestBody,
+    ) -> Response<Incoming> {
+        let uri: http::Uri = url.parse().unwrap();
+        let host = uri.host().unwrap().to_string();
+        let authority = uri.authority().unwrap().to_string();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+            .header(header::HOST, authority)
+            .body(body)
+            .unwrap();
+        for (k, v) in headers {
+            req.headers_mut().append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let cookie_line = {
+            let jar = self.jar.lock().unwrap();
+            jar.get(&host).map(|c| {
+                c.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+        };
+        if let Some(line) = cookie_line.filter(|l| !l.is_empty()) {
+            req.headers_mut()
+                .append(header::COOKIE, HeaderValue::from_str(&line).unwrap());
+        }
+        let stream = tokio::net::TcpStream::connect(self.server).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let res = sender.send_request(req).await.unwrap();
+        self.store_cookies(&host, res.headers());
+        res
+    }
+
+    fn store_cookies(&self, host: &str, headers: &HeaderMap) {
+        let mut jar = self.jar.lock().unwrap();
+        for v in headers.get_all(header::SET_COOKIE) {
+            let s = v.to_str().unwrap();
+            let first = s.split(';').next().unwrap();
+            let (name, value) = first.split_once('=').unwrap();
+            let expired = s
+                .split(';')
+                .any(|a| a.trim().eq_ignore_ascii_case("Max-Age=0"));
+            let cookies = jar.entry(host.to_string()).or_default();
+            if expired || value.is_empty() {
+                cookies.remove(name.trim());
+            } else {
+                cookies.insert(name.trim().to_string(), value.trim().to_string());
+            }
+        }
+    }
+}
+
+pub fn origin_of(url: &str) -> String {
+    let uri: http::Uri = url.parse().unwrap();
+    format!(
+        "{}://{}",
+        uri.scheme_str().unwrap(),
+        uri.authority().unwrap()
+    )
+}
+
+pub fn executor() -> TokioExecutor {
+    TokioExecutor::new()
+}
+
+pub fn body_from(b: impl Into<Bytes>) -> TestBody {
+    full(b)
+}

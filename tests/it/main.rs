@@ -1,0 +1,5 @@
+//! The one integration-test binary: every module drives the real server over sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+mod proxy;

@@ -1,0 +1,718 @@
+//! The proxy core (SPEC §1, §4): routing, the reserved prefix, header hygiene, streaming,
+//! upgrades, upstream failures, client timeouts, graceful shutdown, TLS + HTTP/2.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn unknown_host_gets_404_and_is_never_forwarded() {
+    let s = setup().await;
+    let b = Browser::new(s.server.addr);
+    let page = b
+        .get(&format!("http://evil.localhost:{}/echo", s.server.port))
+        .await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    assert!(page.body.contains("Page not found"), "{}", page.body);
+    assert!(!page.body.contains("\"upstream\""));
+    // Right host, wrong port: also unknown.
+    let page = b
+        .get(&format!(
+            "http://portal.localhost:{}/echo",
+            s.server.port + 1
+        ))
+        .await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn healthz_answers_on_every_origin_and_is_not_forwarded() {
+    let s = setup().await;
+    let b = Browser::new(s.server.addr);
+    for host in ["login", "portal", "analytics"] {
+        let page = b
+            .get_json(&format!("{}/.portcullis/healthz", s.server.url(host)))
+            .await;
+        assert_eq!(page.status, StatusCode::OK);
+        let v = page.json();
+        assert_eq!(v["status"], "ok");
+        assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    }
+    // Anything else under the reserved prefix is ours, never the app's.
+    let page = b
+        .get(&format!("{}/.portcullis/whatever", s.server.url("portal")))
+        .await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    assert!(!page.body.contains("\"upstream\""));
+}
+
+#[tokio::test]
+async fn spoofed_identity_headers_never_reach_upstream_even_on_public_paths() {
+    let s = setup_with("", "").await;
+    let b = Browser::new(s.server.addr);
+    let page = b
+        .request(
+            Method::GET,
+            &format!("{}/echo", s.server.url("portal")),
+            &[
+                ("x-portcullis-user", "admin"),
+                ("X-Portcullis-Email", "admin@example.com"),
+                ("x-portcullis-name", "Admin"),
+                ("x-portcullis-assertion", "forged.jwt.here"),
+                ("x-portcullis-anything", "x"),
+                (
+                    "cookie",
+                    "theme=dark; portcullis-session=stolen; __Host-portcullis-app=x; lang=en",
+                ),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let v = page.json();
+    let headers = v["headers"].as_object().unwrap();
+    assert!(
+        !headers.keys().any(|k| k.starts_with("x-portcullis")),
+        "identity headers leaked: {headers:?}"
+    );
+    assert_eq!(v["headers"]["cookie"][0], "theme=dark; lang=en");
+}
+
+#[tokio::test]
+async fn custom_identity_header_names_are_stripped_for_every_app() {
+    let tail = "";
+    let s = setup_with("", tail).await;
+    // The analytics app uses the defaults; add a config where portal trusts Remote-User.
+    drop(s);
+    let portal = spawn_upstream("portal").await;
+    let analytics = spawn_upstream("analytics").await;
+    let server = start_server(|port| {
+        config_text(port, portal.addr, analytics.addr, "", "").replace(
+            "public_paths = [\"/echo\", \"/slow/*\"]",
+            "public_paths = [\"/echo\", \"/slow/*\"]\n[app.headers]\nuser = \"Remote-User\"",
+        )
+    })
+    .await;
+    let b = Browser::new(server.addr);
+    for host in ["portal", "analytics"] {
+        let page = b
+            .request(
+                Method::GET,
+                &format!("{}/echo", server.url(host)),
+                &[("remote-user", "admin")],
+                None,
+            )
+            .await;
+        let v = page.json();
+        assert!(v["headers"].get("remote-user").is_none(), "{host}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn header_named_in_connection_is_not_forwarded_either_way() {
+    let s = setup().await;
+    let b = Browser::new(s.server.addr);
+    let page = b
+        .request(
+            Method::GET,
+            &format!("{}/echo", s.server.url("portal")),
+            &[
+                ("connection", "keep-alive, x-hop-secret"),
+                ("x-hop-secret", "do not forward"),
+                ("keep-alive", "timeout=5"),
+                ("x-end-to-end", "kept"),
+            ],
+            None,
+        )
+        .await;
+    let v = page.json();
+    assert!(v["headers"].get("x-hop-secret").is_none(), "{v}");
+    assert!(v["headers"].get("keep-alive").is_none(), "{v}");
+    assert_eq!(v["headers"]["x-end-to-end"][0], "kept");
+    // The upstream named x-upstream-hop in its Connection header: not relayed to us.
+    assert!(page.headers.get("x-upstream-hop").is_none());
+}
+
+#[tokio::test]
+async fn forwarded_for_from_untrusted_peer_is_replaced() {
+    let s = setup().await;
+    let b = Browser::new(s.server.addr);
+    let page = b
+        .request(
+            Method::GET,
+            &format!("{}/echo", s.server.url("portal")),
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-proto", "https"),
+            ],
+            None,
+        )
+        .await;
+    let v = page.json();
+    assert_eq!(v["headers"]["x-forwarded-for"][0], "127.0.0.1");
+    assert_eq!(v["headers"]["x-forwarded-proto"][0], "http");
+    assert_eq!(
+        v["headers"]["x-forwarded-host"][0],
+        format!("portal.localhost:{}", s.server.port)
+    );
+    assert_eq!(
+        v["headers"]["host"][0],
+        format!("portal.localhost:{}", s.server.port)
+    );
+}
+
+#[tokio::test]
+async fn forwarded_for_from_trusted_peer_is_kept_and_extended() {
+    let s = setup_with("trusted_proxies = [\"127.0.0.0/8\"]", "").await;
+    let b = Browser::new(s.server.addr);
+    let page = b
+        .request(
+            Method::GET,
+            &format!("{}/echo", s.server.url("portal")),
+            &[
+                ("x-forwarded-for", "198.51.100.7"),
+                ("x-forwarded-proto", "https"),
+            ],
+            None,
+        )
+        .await;
+    let v = page.json();
+    assert_eq!(
+        v["headers"]["x-forwarded-for"][0],
+        "198.51.100.7, 127.0.0.1"
+    );
+    assert_eq!(v["headers"]["x-forwarded-proto"][0], "https");
+}
+
+#[tokio::test]
+async fn streamed_response_arrives_chunk_by_chunk() {
+    let s = setup().await;
+    let b = Browser::new(s.server.addr);
+    let started = Instant::now();
+    let res = b
+        .send(
+            Method::GET,
+            &format!("{}/stream", s.server.url("portal")),
+            &[],
+            body_from(""),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let first = loop {
+        let frame = body.frame().await.unwrap().unwrap();
+        if let Ok(data) = frame.into_data() {
+            break data;
+        }
+    };
+    // The upstream needs 800 ms for all three chunks; the first must arrive long before.
+    assert_eq!(&first[..], b"chunk0;");
+    assert!(
+        started.elapsed() < Duration::from_millis(350),
+        "{:?}",
+        started.elapsed()
+    );
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"chunk1;chunk2;");
+    assert!(started.elapsed() >= Duration::from_millis(750));
+}
+
+#[tokio::test]
+async fn upgrade_passes_through_and_echoes() {
+    let s = setup().await;
+    let b = Browser::new(s.server.addr);
+    let res = b
+        .send(
+            Method::GET,
+            &format!("{}/ws", s.server.url("portal")),
+            &[
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ],
+            body_from(""),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(res.headers()[header::UPGRADE], "websocket");
+    let upgraded = hyper::upgrade::on(res).await.unwrap();
+    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+    for msg in [&b"hello"[..], b"portcullis", &[0u8, 255, 1, 2]] {
+        io.write_all(msg).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..], msg);
+    }
+}
+
+#[tokio::test]
+async fn dead_upstream_gets_502_while_other_apps_keep_working() {
+    let s = setup().await;
+    let Setup {
+        server, analytics, ..
+    } = s;
+    drop(analytics); // its listener task is aborted: connections are refused
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let b = Browser::new(server.addr);
+    let page = b.get(&format!("{}/echo", server.url("analytics"))).await;
+    assert_eq!(page.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        page.body.contains("Partner Analytics is not available"),
+        "{}",
+        page.body
+    );
+    let page = b.get(&format!("{}/echo", server.url("portal"))).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.json()["upstream"], "portal");
+}
+
+#[tokio::test]
+async fn slow_upstream_gets_504_after_the_configured_timeout() {
+    let s = setup_with("upstream_timeout = \"300ms\"", "").await;
+    let b = Browser::new(s.server.addr);
+    let started = Instant::now();
+    let page = b
+        .get(&format!("{}/slow/3000", s.server.url("portal")))
+        .await;
+    assert_eq!(page.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(page.body.contains("taking too long"), "{}", page.body);
+    assert!(started.elapsed() < Duration::from_millis(2000));
+    // A quick answer under the same timeout still works.
+    let page = b.get(&format!("{}/slow/10", s.server.url("portal"))).await;
+    assert_eq!(page.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn slowloris_connection_is_closed() {
+    let s = setup_with("header_read_timeout = \"500ms\"", "").await;
+    let started = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(s.server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /echo HTTP/1.1\r\nHost: portal.localhost\r\n")
+        .await
+        .unwrap();
+    // Trickle one header byte every 100 ms; the server must hang up regardless.
+    let closed = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if stream.write_all(b"X").await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 512];
+            match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(450));
+
+    // A client that connects and says nothing at all is cut off too.
+    let mut idle = tokio::net::TcpStream::connect(s.server.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_completes_the_request_in_flight() {
+    let s = setup().await;
+    let b = Browser::new(s.server.addr);
+    let url = format!("{}/slow/800", s.server.url("portal"));
+    let in_flight = tokio::spawn(async move { b.get(&url).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let addr = s.server.addr;
+    let Setup { server, .. } = s;
+    let shutdown = tokio::spawn(server.shutdown());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // No new connections once shutting down.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    let page = in_flight.await.unwrap();
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.body, "slow done");
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn navigation_to_a_protected_path_redirects_to_sign_in_and_api_calls_get_401() {
+    let s = setup().await;
+    let b = Browser::new(s.server.addr);
+    let page = b
+        .get(&format!("{}/private/page?x=1", s.server.url("analytics")))
+        .await;
+    assert_eq!(page.status, StatusCode::FOUND);
+    let expected_rd = format!(
+        "http://analytics.localhost:{}/private/page?x=1",
+        s.server.port
+    );
+    let location = page.location().unwrap();
+    assert!(
+        location.starts_with(&format!("{}/.portcullis/login?rd=", s.server.url("login"))),
+        "{location}"
+    );
+    let rd: String = url::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "rd")
+        .unwrap()
+        .1
+        .into_owned();
+    assert_eq!(rd, expected_rd);
+
+    let api = b
+        .get_json(&format!("{}/api/data", s.server.url("analytics")))
+        .await;
+    assert_eq!(api.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.json()["error"], "unauthenticated");
+    let post = b
+        .post_form(
+            &format!("{}/private/page", s.server.url("analytics")),
+            &[("a", "b")],
+        )
+        .await;
+    assert_eq!(post.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn path_tricks_do_not_make_a_private_path_public() {
+    let s = setup().await;
+    let b = Browser::new(s.server.addr);
+    for path in [
+        "/static/../admin",
+        "/static/%2e%2e/admin",
+        "/static/..%2Fadmin",
+        "/static//x",
+    ] {
+        let page = b
+            .get_json(&format!("{}{path}", s.server.url("portal")))
+            .await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn large_upload_and_download_stream_byte_exact() {
+    // The memory bound is checked against the real binary in `large_transfers_keep_memory_bounded`.
+    let s = setup().await;
+    let b = Browser::new(s.server.addr);
+    let total: u64 = 8 * 1024 * 1024;
+    let res = b
+        .send(
+            Method::GET,
+            &format!("{}/bytes/{total}", s.server.url("portal")),
+            &[],
+            body_from(""),
+        )
+        .await;
+    let mut body = res.into_body();
+    let mut i = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(d) = frame.unwrap().into_data() {
+            for byte in d.iter() {
+                assert_eq!(*byte, pattern_byte(i));
+                i += 1;
+            }
+        }
+    }
+    assert_eq!(i, total);
+    let page = upload(&b, &s.server.url("portal"), total).await;
+    assert_eq!(page, format!("{total} 0"));
+}
+
+pub async fn upload(b: &Browser, base: &str, total: u64) -> String {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+    tokio::spawn(async move {
+        let mut sent = 0u64;
+        while sent < total {
+            let len = (total - sent).min(64 * 1024);
+            let chunk: Vec<u8> = (sent..sent + len).map(pattern_byte).collect();
+            if tx.send(Ok(Frame::data(Bytes::from(chunk)))).await.is_err() {
+                return;
+            }
+            sent += len;
+        }
+    });
+    let mut rx = rx;
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let res = b
+        .send(
+            Method::POST,
+            &format!("{base}/upload"),
+            &[],
+            StreamBody::new(stream).boxed(),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn large_transfers_keep_memory_bounded() {
+    // 100 MiB each way through the real binary; its peak RSS must stay under 60 MiB,
+    // which it can only do by streaming.
+    let portal = spawn_upstream("portal").await;
+    let analytics = spawn_upstream("analytics").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = write_config_file(
+        dir.path(),
+        &config_text(port, portal.addr, analytics.addr, "", ""),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_port(addr).await;
+    let b = Browser::new(addr);
+    let base = format!("http://portal.localhost:{port}");
+    let total: u64 = 100 * 1024 * 1024;
+
+    let res = b
+        .send(
+            Method::GET,
+            &format!("{base}/bytes/{total}"),
+            &[],
+            body_from(""),
+        )
+        .await;
+    let mut body = res.into_body();
+    let mut i = 0u64;
+    let mut mismatches = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(d) = frame.unwrap().into_data() {
+            for byte in d.iter() {
+                if *byte != pattern_byte(i) {
+                    mismatches += 1;
+                }
+                i += 1;
+            }
+        }
+    }
+    assert_eq!((i, mismatches), (total, 0));
+    assert_eq!(upload(&b, &base, total).await, format!("{total} 0"));
+
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let hwm_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(hwm_kib < 60 * 1024, "peak RSS {hwm_kib} KiB");
+}
+
+pub async fn wait_for_port(addr: std::net::SocketAddr) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("server at {addr} did not start");
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_request_in_flight_finish_and_exits_zero() {
+    let portal = spawn_upstream("portal").await;
+    let analytics = spawn_upstream("analytics").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = write_config_file(
+        dir.path(),
+        &config_text(port, portal.addr, analytics.addr, "", ""),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_port(addr).await;
+    let b = Browser::new(addr);
+    let url = format!("http://portal.localhost:{port}/slow/1000");
+    let in_flight = tokio::spawn(async move { b.get(&url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let page = in_flight.await.unwrap();
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.body, "slow done");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn http2_over_tls_with_alpn() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cert = rcgen::generate_simple_self_signed(vec![
+        "portal.localhost".into(),
+        "login.localhost".into(),
+    ])
+    .unwrap();
+    let portal = spawn_upstream("portal").await;
+    let analytics = spawn_upstream("analytics").await;
+    let cert_pem = cert.cert.pem();
+    let key_pem = cert.signing_key.serialize_pem();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &cert_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key_pem).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let text = config_text(port, portal.addr, analytics.addr, "", "")
+        .replace(
+            &format!("http://login.localhost:{port}"),
+            &format!("https://login.localhost:{port}"),
+        )
+        .replace(
+            &format!("http://portal.localhost:{port}"),
+            &format!("https://portal.localhost:{port}"),
+        )
+        .replace(
+            &format!("http://analytics.localhost:{port}"),
+            &format!("https://analytics.localhost:{port}"),
+        );
+    let text = format!("{text}\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
+    let path = write_config_file(dir.path(), &text);
+    let config = portcullis::config::Config::load(&path).unwrap();
+    let state = std::sync::Arc::new(portcullis::state::AppState::new(config));
+    let app = portcullis::server::Application::with_listener(state, listener).unwrap();
+    tokio::spawn(app.run(std::future::pending()));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("portal.localhost").unwrap();
+    let stream = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(executor(), hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(format!("https://portal.localhost:{port}/echo"))
+        .header("x-portcullis-user", "spoof")
+        .body(body_from(""))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["upstream"], "portal");
+    assert_eq!(v["headers"]["host"][0], format!("portal.localhost:{port}"));
+    assert_eq!(v["headers"]["x-forwarded-proto"][0], "https");
+    assert!(v["headers"].get("x-portcullis-user").is_none());
+    // The pages on https carry HSTS.
+    let req = Request::builder()
+        .uri(format!("https://portal.localhost:{port}/.portcullis/nope"))
+        .header("accept", "text/html")
+        .body(body_from(""))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert!(res.headers().contains_key("strict-transport-security"));
+}
+
+#[tokio::test]
+async fn config_errors_name_the_key_and_nothing_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config_file(
+        dir.path(),
+        "[server]\nlisten = \"127.0.0.1:1\"\nauth_url = \"http://login.localhost\"\nlisten_port = 3\n\n[[app]]\nid = \"a\"\nname = \"A\"\nurl = \"http://a.localhost\"\nupstream = \"http://127.0.0.1:2\"\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["config", "check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("listen_port") && err.contains("line 4"),
+        "{err}"
+    );
+
+    let path = write_config_file(
+        dir.path(),
+        "[server]\nlisten = \"127.0.0.1:1\"\nauth_url = \"http://login.localhost\"\n\n[session]\nidle_timeout = \"soon\"\n\n[[app]]\nid = \"a\"\nname = \"A\"\nurl = \"http://a.localhost/path\"\nupstream = \"ftp://127.0.0.1:2\"\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("soon"), "{err}");
+
+    let path = write_config_file(
+        dir.path(),
+        "[server]\nlisten = \"127.0.0.1:1\"\nauth_url = \"http://login.localhost\"\n\n[[app]]\nid = \"a\"\nname = \"A\"\nurl = \"http://a.localhost/path\"\nupstream = \"ftp://127.0.0.1:2\"\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["config", "check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("app[0].url (line 8)"), "{err}");
+    assert!(err.contains("app[0].upstream (line 9)"), "{err}");
+
+    let good = write_config_file(
+        dir.path(),
+        "[server]\nlisten = \"127.0.0.1:1\"\nauth_url = \"http://login.localhost\"\n\n[[app]]\nid = \"a\"\nname = \"A\"\nurl = \"http://a.localhost\"\nupstream = \"http://127.0.0.1:2\"\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["config", "check", "-c"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
