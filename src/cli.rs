@@ -34,6 +34,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy.
     Serve,
+    /// One command: the proxy, two sample apps and a demo user on 127.0.0.1:8080.
+    Demo,
     /// Check the configuration file and print "ok" or every problem found.
     Config {
         #[command(subcommand)]
@@ -68,6 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Demo => crate::demo::run(),
         Command::Config {
             command: ConfigCommand::Check,
         } => match Config::load(&cli.config) {
@@ -114,7 +117,9 @@ pub fn install_crypto_provider() {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     install_crypto_provider();
-    let state = Arc::new(AppState::new(config));
+    let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
+    let accounts = Arc::new(crate::accounts::Accounts::open(&config, clock)?);
+    let state = Arc::new(AppState::new(config, accounts)?);
     let app = Application::build(state).await?;
     tracing::info!(addr = %app.local_addr(), "portcullis is listening");
     app.run(shutdown_signal()).await;

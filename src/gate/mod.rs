@@ -81,12 +81,14 @@ async fn dispatch(
         return crate::pages::landing(state, &req);
     };
     let mut req = req;
+    // Read the app cookie before `strip` removes it from what the upstream will see.
+    let credential = crate::pages::credential(state, &req);
     strip(state, &mut req);
 
     let public = route::is_plain_path(req.uri().path())
         && app.public_paths.iter().any(|p| p.matches(req.uri().path()));
     if !public {
-        let identity = match crate::pages::authenticate(state, &req, app).await {
+        let identity = match crate::pages::authenticate(state, credential, app) {
             Ok(Some(identity)) => identity,
             Ok(None) => return unauthenticated(state, &req, app),
             Err(refusal) => return refuse(state, &refusal, &req),
@@ -126,7 +128,7 @@ pub fn strip(state: &AppState, req: &mut Request<Body>) {
 }
 
 fn authorize(identity: &crate::pages::Identity, app: &AppConfig) -> Result<(), Refusal> {
-    if identity.apps.contains(&app.id) {
+    if identity.user.apps.contains(&app.id) {
         Ok(())
     } else {
         Err(Refusal::Forbidden {

@@ -1,47 +1,86 @@
 //! Portcullis's own pages and endpoints under `/.portcullis/`, and the sign-in state the
-//! gate asks about (is there a session? who is it?).
+//! gate asks about: who is behind this request, and the headers that tell the app.
 
-use std::collections::BTreeSet;
+mod form;
+mod signin;
+
+use std::net::IpAddr;
 use std::sync::Arc;
 
+use askama::Template;
+use base64::Engine;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
+use crate::auth::SecretToken;
 use crate::config::AppConfig;
 use crate::error::Refusal;
 use crate::gate::{ConnInfo, Site};
+use crate::identity::AssertionClaims;
 use crate::state::AppState;
-use crate::web::{self, Body};
+use crate::store::User;
+use crate::web::{self, cookies, forwarded, Body};
 
 const STYLESHEET: &str = include_str!("../../assets/portcullis.css");
 
 /// Who a signed-in request belongs to.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    pub user_id: String,
-    pub username: String,
-    pub email: String,
-    pub display_name: String,
-    pub apps: BTreeSet<String>,
+    pub user: User,
+    pub auth_time: i64,
+    pub amr: Vec<String>,
+    /// A public identifier of the sign-in (never the cookie value).
+    pub sid: String,
+}
+
+/// What a page handler knows about the request besides the request itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub site: Site,
+    pub ip: IpAddr,
 }
 
 pub async fn handle(
     state: &Arc<AppState>,
     req: Request<Body>,
     site: Site,
-    _conn: ConnInfo,
+    conn: ConnInfo,
 ) -> Response<Body> {
-    let path = req.uri().path();
-    match (req.method(), path) {
-        (&Method::GET | &Method::HEAD, "/.portcullis/healthz") => healthz(),
-        (&Method::GET | &Method::HEAD, "/.portcullis/assets/portcullis.css") => stylesheet(),
-        (&Method::GET | &Method::HEAD, "/.portcullis/login") if site.is_auth => {
-            Refusal::Unauthenticated.respond(&state.branding, true)
+    let ctx = Ctx {
+        site,
+        ip: forwarded::client_ip(
+            conn.peer.ip(),
+            req.headers(),
+            &state.config.server.trusted_proxies,
+        ),
+    };
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    let post = *req.method() == Method::POST;
+    let path = req.uri().path().to_string();
+    match path.as_str() {
+        "/.portcullis/healthz" if get => healthz(),
+        "/.portcullis/jwks.json" if get => jwks(state),
+        "/.portcullis/assets/portcullis.css" if get => stylesheet(),
+        "/.portcullis/callback" if get && site.app.is_some() => signin::callback(state, req, ctx),
+        "/.portcullis/logout" if (get || post) && !site.is_auth => {
+            signin::app_logout(state, req, ctx)
         }
+        _ if site.is_auth => match path.as_str() {
+            "/.portcullis/login" if get => signin::login_page(state, req, ctx),
+            "/.portcullis/login" if post => signin::login_post(state, req, ctx).await,
+            "/.portcullis/enroll" if get => signin::enroll_page(state, req, ctx),
+            "/.portcullis/enroll" if post => signin::enroll_post(state, req, ctx).await,
+            "/.portcullis/code" if get => signin::code_page(state, req, ctx),
+            "/.portcullis/code" if post => signin::code_post(state, req, ctx).await,
+            "/.portcullis/activate" if get => signin::activate_page(state, req, ctx),
+            "/.portcullis/activate" if post => signin::activate_post(state, req, ctx).await,
+            "/.portcullis/logout" if get || post => signin::logout(state, req, ctx).await,
+            _ => crate::gate::refuse(state, &Refusal::NotFound, &req),
+        },
         _ => crate::gate::refuse(state, &Refusal::NotFound, &req),
     }
 }
 
-/// The auth origin's root and other non-reserved paths: straight to the sign-in page.
+/// The auth origin's root and other non-reserved paths there: the sign-in page.
 pub fn landing(state: &AppState, _req: &Request<Body>) -> Response<Body> {
     web::redirect(
         StatusCode::FOUND,
@@ -50,22 +89,83 @@ pub fn landing(state: &AppState, _req: &Request<Body>) -> Response<Body> {
     )
 }
 
-/// The signed-in person behind this request to `app`, if any.
-pub async fn authenticate(
-    _state: &AppState,
-    _req: &Request<Body>,
-    _app: &AppConfig,
-) -> Result<Option<Identity>, Refusal> {
-    Ok(None)
+/// The app cookie's token, if the request carries a well-formed one.
+pub fn credential(state: &AppState, req: &Request<Body>) -> Option<SecretToken> {
+    cookies::get(req.headers(), state.cookies.app).and_then(SecretToken::parse)
 }
 
-/// Adds the identity headers and the signed assertion for `app`.
+/// The signed-in person behind an app cookie's token. A missing, malformed or dead
+/// cookie is simply "not signed in".
+pub fn authenticate(
+    state: &AppState,
+    token: Option<SecretToken>,
+    app: &AppConfig,
+) -> Result<Option<Identity>, Refusal> {
+    let Some(token) = token else {
+        return Ok(None);
+    };
+    match state.accounts.app_session(&token, &app.id) {
+        Ok(Some(v)) => Ok(Some(Identity {
+            sid: public_sid(&v.session.id_hash),
+            auth_time: v.session.auth_time,
+            amr: v.session.amr,
+            user: v.user,
+        })),
+        Ok(None) => Ok(None),
+        Err(e) => {
+            tracing::error!(error = %e, "session lookup failed");
+            Err(Refusal::Unavailable)
+        }
+    }
+}
+
+/// A stable, public name for a sign-in: apps may log it or correlate by it, and it
+/// reveals nothing that would let anyone use the session.
+pub fn public_sid(session_hash: &[u8; 32]) -> String {
+    let mut input = b"portcullis sid v1:".to_vec();
+    input.extend_from_slice(session_hash);
+    let digest = crate::crypto::sha256(&input);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
+}
+
+/// Adds the identity headers and the signed assertion for `app` (SPEC §3). Values are
+/// sent as UTF-8 bytes; names and e-mails are ASCII by validation.
 pub fn decorate(
-    _state: &AppState,
-    _req: &mut Request<Body>,
-    _identity: &Identity,
-    _app: &AppConfig,
+    state: &AppState,
+    req: &mut Request<Body>,
+    identity: &Identity,
+    app: &AppConfig,
 ) -> Result<(), Refusal> {
+    let now = state.accounts.clock.now();
+    let user = &identity.user;
+    let claims = AssertionClaims {
+        iss: state.config.server.auth_url.to_string(),
+        aud: app.id.clone(),
+        sub: user.id.to_string(),
+        preferred_username: user.name.clone(),
+        email: user.email.clone(),
+        name: user.display_name.clone(),
+        iat: now,
+        exp: now + state.config.server.assertion_ttl.as_secs() as i64,
+        auth_time: identity.auth_time,
+        amr: identity.amr.clone(),
+        sid: identity.sid.clone(),
+    };
+    let assertion = state.keys.sign_assertion(&claims).map_err(|e| {
+        tracing::error!(error = %e, "could not sign the identity assertion");
+        Refusal::Unavailable
+    })?;
+    let headers = req.headers_mut();
+    let pairs = [
+        (&app.headers.user, user.name.as_bytes()),
+        (&app.headers.email, user.email.as_bytes()),
+        (&app.headers.name, user.display_name.as_bytes()),
+        (&app.headers.assertion, assertion.as_bytes()),
+    ];
+    for (name, value) in pairs {
+        let value = HeaderValue::from_bytes(value).map_err(|_| Refusal::Unavailable)?;
+        headers.insert(name.clone(), value);
+    }
     Ok(())
 }
 
@@ -78,6 +178,20 @@ fn healthz() -> Response<Body> {
             env!("CARGO_PKG_VERSION")
         ),
     )
+}
+
+fn jwks(state: &AppState) -> Response<Body> {
+    let mut res = Response::new(web::full(state.keys.jwks_bytes()));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jwk-set+json"),
+    );
+    // Short, so a rotation reaches verifiers well within an assertion's lifetime.
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    res
 }
 
 fn stylesheet() -> Response<Body> {
@@ -95,4 +209,18 @@ fn stylesheet() -> Response<Body> {
         HeaderValue::from_static("nosniff"),
     );
     res
+}
+
+/// Renders a page with the security headers, or a plain 500 if the template fails.
+pub(crate) fn render(state: &AppState, status: StatusCode, page: &impl Template) -> Response<Body> {
+    match page.render() {
+        Ok(html) => web::html(status, html, &state.branding.page_headers),
+        Err(e) => {
+            tracing::error!(error = %e, "page template failed");
+            web::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong. Try again.",
+            )
+        }
+    }
 }

@@ -14,6 +14,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::accounts::Accounts;
+use portcullis::clock::{Clock, ManualClock, SystemClock};
 use portcullis::config::Config;
 use portcullis::server::Application;
 use portcullis::state::AppState;
@@ -189,6 +191,9 @@ pub struct TestServer {
     pub port: u16,
     pub dir: tempfile::TempDir,
     pub config: Config,
+    /// The server's clock: tests move it to reach the next TOTP step, expiry or unlock.
+    pub clock: ManualClock,
+    pub accounts: Arc<Accounts>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -288,7 +293,9 @@ pub async fn start_server(make_config: impl FnOnce(u16) -> String) -> TestServer
     let text = make_config(addr.port());
     std::fs::write(dir.path().join("config.toml"), &text).unwrap();
     let config = Config::load(&dir.path().join("config.toml")).unwrap();
-    let state = Arc::new(AppState::new(config.clone()));
+    let clock = ManualClock::new(SystemClock.now());
+    let accounts = Arc::new(Accounts::open(&config, Arc::new(clock.clone())).unwrap());
+    let state = Arc::new(AppState::new(config.clone(), accounts.clone()).unwrap());
     let app = Application::with_listener(state, listener).unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -302,6 +309,8 @@ pub async fn start_server(make_config: impl FnOnce(u16) -> String) -> TestServer
         port: addr.port(),
         dir,
         config,
+        clock,
+        accounts,
         stop: Some(stop_tx),
         task: Some(task),
     }
@@ -498,4 +507,231 @@ pub fn executor() -> TokioExecutor {
 
 pub fn body_from(b: impl Into<Bytes>) -> TestBody {
     full(b)
+}
+
+// ---------------------------------------------------------------- sign-in helpers
+
+/// Creates an account as an operator would and returns its activation URL.
+pub async fn invite(
+    server: &TestServer,
+    name: &str,
+    password: Option<&str>,
+    apps: &[&str],
+) -> String {
+    use portcullis::auth::{Password, SecretToken};
+    use portcullis::store::{Invitation, NewUser, UserStatus};
+    let accounts = &server.accounts;
+    let now = server.clock.now();
+    let password_hash = match password {
+        Some(p) => Some(accounts.hasher.hash(Password::new(p)).await.unwrap()),
+        None => None,
+    };
+    let user = accounts
+        .store
+        .create_user(NewUser {
+            name: name.into(),
+            email: format!("{name}@example.com"),
+            display_name: format!("{name} Example"),
+            apps: apps.iter().map(|a| a.to_string()).collect(),
+            status: if password.is_some() {
+                UserStatus::Active
+            } else {
+                UserStatus::Invited
+            },
+            password_hash,
+            now,
+        })
+        .unwrap();
+    let token = SecretToken::generate().unwrap();
+    accounts
+        .store
+        .create_invitation(Invitation {
+            token_hash: token.hash(),
+            user_id: user.id,
+            created_at: now,
+            expires_at: now + 7 * 86400,
+            used_at: None,
+        })
+        .unwrap();
+    format!(
+        "{}/.portcullis/activate?token={}",
+        server.url("login"),
+        token.encode()
+    )
+}
+
+/// The value of a hidden (or any) input named `name` in a page.
+pub fn field(html: &str, name: &str) -> String {
+    let needle = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&needle)
+        .unwrap_or_else(|| panic!("no field {name} in {html}"))
+        + needle.len();
+    let end = html[start..].find('"').unwrap() + start;
+    html[start..end]
+        .replace("&#x2b;", "+")
+        .replace("&#43;", "+")
+}
+
+/// Reads the enrolment QR code the way a phone does: rasterise the inline SVG, find and
+/// decode the QR symbol, parse the otpauth URI. Nothing is taken from the page's text.
+pub fn scan_qr(html: &str) -> (String, portcullis::auth::TotpSecret) {
+    let start = html.find("<svg").expect("no svg on the page");
+    let end = html[start..].find("</svg>").expect("svg not closed") + start + 6;
+    let svg = &html[start..end];
+    let tree = resvg::usvg::Tree::from_str(svg, &resvg::usvg::Options::default()).unwrap();
+    let size = tree.size();
+    let scale = 600.0 / size.width().max(size.height());
+    let (w, h) = (
+        (size.width() * scale) as u32,
+        (size.height() * scale) as u32,
+    );
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(w, h).unwrap();
+    pixmap.fill(resvg::tiny_skia::Color::WHITE);
+    resvg::render(
+        &tree,
+        resvg::tiny_skia::Transform::from_scale(scale, scale),
+        &mut pixmap.as_mut(),
+    );
+    let data = pixmap.data();
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w as usize, h as usize, |x, y| {
+        let i = (y * w as usize + x) * 4;
+        ((data[i] as u16 + data[i + 1] as u16 + data[i + 2] as u16) / 3) as u8
+    });
+    let grids = img.detect_grids();
+    assert_eq!(grids.len(), 1, "expected exactly one QR code");
+    let (_, uri) = grids[0].decode().unwrap();
+    let parsed = url::Url::parse(&uri).unwrap();
+    let secret = parsed
+        .query_pairs()
+        .find(|(k, _)| k == "secret")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    (
+        uri,
+        portcullis::auth::TotpSecret::from_base32(&secret).unwrap(),
+    )
+}
+
+impl Browser {
+    /// Follows redirects like a browser, returning every response on the way (the last
+    /// one is not a redirect) together with the URL it answered.
+    pub async fn follow(&self, url: &str) -> Vec<(String, Page)> {
+        let mut chain = Vec::new();
+        let mut url = url.to_string();
+        for _ in 0..10 {
+            let page = self.get(&url).await;
+            let next = page.location().map(|l| absolute(&url, &l));
+            chain.push((url.clone(), page));
+            match next {
+                Some(n) if chain.last().unwrap().1.status.is_redirection() => url = n,
+                _ => return chain,
+            }
+        }
+        panic!(
+            "redirect loop: {:?}",
+            chain.iter().map(|(u, p)| (u, p.status)).collect::<Vec<_>>()
+        );
+    }
+
+    /// Posts a form and follows the redirect chain after it.
+    pub async fn submit(&self, url: &str, fields: &[(&str, &str)]) -> Vec<(String, Page)> {
+        let page = self.post_form(url, fields).await;
+        let next = page.location().map(|l| absolute(url, &l));
+        let redirected = page.status.is_redirection();
+        let mut chain = vec![(url.to_string(), page)];
+        if let (true, Some(next)) = (redirected, next) {
+            chain.extend(self.follow(&next).await);
+        }
+        chain
+    }
+}
+
+pub fn absolute(base: &str, location: &str) -> String {
+    url::Url::parse(base)
+        .unwrap()
+        .join(location)
+        .unwrap()
+        .to_string()
+}
+
+pub fn last(chain: &[(String, Page)]) -> &Page {
+    &chain.last().unwrap().1
+}
+
+pub fn last_url(chain: &[(String, Page)]) -> &str {
+    &chain.last().unwrap().0
+}
+
+/// A person with an enrolled authenticator, signed in, as the tests need them.
+pub struct Person {
+    pub name: String,
+    pub password: String,
+    pub secret: portcullis::auth::TotpSecret,
+    pub browser: Browser,
+}
+
+pub const GOOD_PASSWORD: &str = "correct horse battery staple";
+
+/// Activation link → password → QR → Finish → next code: a fully signed-in person.
+pub async fn activate_and_sign_in(server: &TestServer, name: &str, apps: &[&str]) -> Person {
+    let browser = Browser::new(server.addr);
+    let link = invite(server, name, None, apps).await;
+    let page = browser.get(&link).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let activate = format!("{}/.portcullis/activate", server.url("login"));
+    let chain = browser
+        .submit(
+            &activate,
+            &[
+                ("csrf", &field(&page.body, "csrf")),
+                ("token", &field(&page.body, "token")),
+                ("password", GOOD_PASSWORD),
+                ("password2", GOOD_PASSWORD),
+            ],
+        )
+        .await;
+    let enroll = last(&chain);
+    assert_eq!(enroll.status, StatusCode::OK, "{}", enroll.body);
+    let (_, secret) = scan_qr(&enroll.body);
+    let code = portcullis::auth::code_at(&secret, server.clock.now());
+    let chain = browser
+        .submit(
+            &format!("{}/.portcullis/enroll", server.url("login")),
+            &[
+                ("csrf", &field(&enroll.body, "csrf")),
+                ("rd", ""),
+                ("code", &code),
+            ],
+        )
+        .await;
+    let code_page = last(&chain);
+    assert!(
+        code_page.body.contains("Enter your code"),
+        "{}",
+        code_page.body
+    );
+    server.clock.advance(30);
+    let next = portcullis::auth::code_at(&secret, server.clock.now());
+    let chain = browser
+        .submit(
+            &format!("{}/.portcullis/code", server.url("login")),
+            &[
+                ("csrf", &field(&code_page.body, "csrf")),
+                ("rd", ""),
+                ("code", &next),
+            ],
+        )
+        .await;
+    assert!(
+        last(&chain).body.contains("You are signed in"),
+        "{}",
+        last(&chain).body
+    );
+    Person {
+        name: name.into(),
+        password: GOOD_PASSWORD.into(),
+        secret,
+        browser,
+    }
 }

@@ -3,3 +3,5 @@
 
 mod helpers;
 mod proxy;
+mod security;
+mod signin;

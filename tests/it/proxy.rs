@@ -612,7 +612,10 @@ async fn http2_over_tls_with_alpn() {
     let text = format!("{text}\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
     let path = write_config_file(dir.path(), &text);
     let config = portcullis::config::Config::load(&path).unwrap();
-    let state = std::sync::Arc::new(portcullis::state::AppState::new(config));
+    let clock = std::sync::Arc::new(portcullis::clock::SystemClock);
+    let accounts =
+        std::sync::Arc::new(portcullis::accounts::Accounts::open(&config, clock).unwrap());
+    let state = std::sync::Arc::new(portcullis::state::AppState::new(config, accounts).unwrap());
     let app = portcullis::server::Application::with_listener(state, listener).unwrap();
     tokio::spawn(app.run(std::future::pending()));
 

@@ -1,0 +1,1 @@
+//! Admin operations on accounts, shared by the CLI and the admin socket.
