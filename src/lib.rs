@@ -13,6 +13,7 @@ pub mod demo;
 pub mod error;
 pub mod gate;
 pub mod identity;
+pub mod metrics;
 pub mod pages;
 pub mod proxy;
 pub mod server;

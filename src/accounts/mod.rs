@@ -3,6 +3,7 @@
 //! the CLI, the admin socket and the web pages all change accounts the same way.
 
 pub mod admin;
+pub mod cache;
 pub mod signin;
 
 use std::path::PathBuf;
@@ -12,7 +13,9 @@ use crate::auth::{LockoutPolicy, PasswordHasher, PasswordParams};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::crypto::{KeySource, SecretBox};
+use crate::metrics::Metrics;
 use crate::store::{AuditEvent, RedbStore, Store, StoreError};
+use cache::SessionCache;
 
 /// Who did something, for the audit trail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +72,9 @@ pub struct Accounts {
     pub hasher: PasswordHasher,
     pub clock: Arc<dyn Clock>,
     pub settings: AccountSettings,
+    pub metrics: Arc<Metrics>,
+    /// Verified app sessions, so proxied requests need no store read.
+    pub sessions: SessionCache,
 }
 
 use crate::store::META_SECRET_KEY_CANARY as CANARY_KEY;
@@ -100,6 +106,10 @@ impl Accounts {
         })?;
         let s = &config.security;
         Ok(Self {
+            sessions: SessionCache::default(),
+            metrics: Arc::new(Metrics::new(
+                config.apps.iter().map(|a| a.id.clone()).collect(),
+            )),
             store,
             secrets,
             hasher,

@@ -1,9 +1,17 @@
 //! The sign-in steps: password, enrolment, code, sessions and the SSO hand-off. Each
 //! step decides with the pure rules of `auth/` and records its effect in the store.
 
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use http::HeaderValue;
+
+use crate::accounts::cache::SignedIn;
 use crate::accounts::{Accounts, Actor};
 use crate::auth::{self, CodeError, LockState, Password, PolicyError, SecretToken, TotpSecret};
 use crate::clock::UnixSeconds;
+use crate::metrics::SignInOutcome;
 use crate::store::{Failures, HandOff, Session, SessionState, StoreError, User, UserStatus};
 
 /// A pending sign-in (password checked, second factor not yet) lives this long.
@@ -98,6 +106,15 @@ fn from_lock(l: LockState) -> Failures {
     }
 }
 
+/// A stable, public name for a sign-in: apps may log it or correlate by it, and it
+/// reveals nothing that would let anyone use the session.
+pub fn public_sid(session_hash: &[u8; 32]) -> String {
+    let mut input = b"portcullis sid v1:".to_vec();
+    input.extend_from_slice(session_hash);
+    let digest = crate::crypto::sha256(&input);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
+}
+
 /// A session is alive when it is within its absolute lifetime and idle timeout, its user
 /// may sign in, and nothing ended all the user's sessions after it began.
 pub fn session_alive(s: &Session, user: &User, now: UnixSeconds, idle_timeout: i64) -> bool {
@@ -145,6 +162,7 @@ impl Accounts {
             ip.map(str::to_string),
         );
         if newly_locked {
+            self.metrics.lockout();
             self.audit(
                 Actor::System,
                 "account.lockout",
@@ -185,6 +203,7 @@ impl Accounts {
             .verify(password.clone(), stored_hash.as_deref())
             .await?;
         let Some(user) = user.filter(|_| stored_hash.is_some()) else {
+            self.metrics.signin(SignInOutcome::BadPassword);
             self.audit(
                 Actor::Web,
                 "signin.password",
@@ -196,6 +215,7 @@ impl Accounts {
             return Err(SignInError::BadCredentials);
         };
         if let Some(until) = locked {
+            self.metrics.signin(SignInOutcome::Locked);
             // The same answer whether or not the password was right (SPEC §5).
             self.audit(
                 Actor::Web,
@@ -208,6 +228,7 @@ impl Accounts {
             return Err(SignInError::Locked { until });
         }
         if !verification.ok {
+            self.metrics.signin(SignInOutcome::BadPassword);
             return match self.record_failure(&user, "signin.password", ip)? {
                 Some(until) => Err(SignInError::Locked { until }),
                 None => Err(SignInError::BadCredentials),
@@ -348,6 +369,7 @@ impl Accounts {
             }
             Ok(())
         })?;
+        self.metrics.enrolment();
         self.audit(
             Actor::Web,
             "enrol",
@@ -386,10 +408,11 @@ impl Accounts {
             Err(CodeError::Malformed) => return Err(SignInError::Code(CodeError::Malformed)),
             Err(CodeError::AlreadyUsed) => return Err(self.replayed(user, ip)),
             Err(e) => {
+                self.metrics.signin(SignInOutcome::BadCode);
                 return match self.record_failure(user, "signin.code", ip)? {
                     Some(until) => Err(SignInError::Locked { until }),
                     None => Err(SignInError::Code(e)),
-                }
+                };
             }
         };
         if !self.store.accept_totp_step(&user.id, step)? {
@@ -413,6 +436,7 @@ impl Accounts {
             parent: None,
             app: None,
         })?;
+        self.metrics.signin(SignInOutcome::Success);
         self.audit(
             Actor::Web,
             "signin",
@@ -426,6 +450,7 @@ impl Accounts {
 
     fn replayed(&self, user: &User, ip: Option<&str>) -> SignInError {
         tracing::warn!(user = %user.name, "a TOTP code was submitted again");
+        self.metrics.signin(SignInOutcome::Replay);
         self.audit(
             Actor::Web,
             "signin.code",
@@ -464,13 +489,30 @@ impl Accounts {
 
     /// The signed-in person behind an app cookie: the child session must belong to this
     /// app and its parent (the auth-origin session) must be alive — signing out deletes
-    /// the parent, so every app cookie stops working at once.
+    /// the parent, so every app cookie stops working at once. Verified sessions are
+    /// served from memory while the store's revocation generation is unchanged; only a
+    /// positive answer is trusted from memory, anything else is checked in the store.
     pub fn app_session(
         &self,
         token: &SecretToken,
         app_id: &str,
-    ) -> Result<Option<Verified>, StoreError> {
-        let Some(child) = self.store.session(&token.hash())? else {
+    ) -> Result<Option<Arc<SignedIn>>, StoreError> {
+        let key = token.hash();
+        let now = self.now();
+        // Read before the store, so a revocation committed after this point is seen
+        // as a new generation next time.
+        let generation = self.store.revocation_generation();
+        if let Some(hit) = self.sessions.get(&key) {
+            if hit.generation == generation && hit.app_id == app_id && self.still_alive(&hit, now) {
+                if now - hit.last_seen() >= TOUCH_INTERVAL {
+                    self.store.touch_session(&hit.parent_hash, now)?;
+                    hit.saw(now);
+                }
+                return Ok(Some(hit));
+            }
+            self.sessions.remove(&key);
+        }
+        let Some(child) = self.store.session(&key)? else {
             return Ok(None);
         };
         if child.app.as_deref() != Some(app_id) || child.state != SessionState::Authenticated {
@@ -479,7 +521,7 @@ impl Accounts {
         let Some(parent_hash) = child.parent else {
             return Ok(None);
         };
-        if self.now() >= child.expires_at {
+        if now >= child.expires_at {
             return Ok(None);
         }
         let Some(parent) = self.store.session(&parent_hash)? else {
@@ -488,7 +530,40 @@ impl Accounts {
         if parent.state != SessionState::Authenticated || parent.parent.is_some() {
             return Ok(None);
         }
-        self.alive(parent)
+        let Some(Verified { session, user }) = self.alive(parent)? else {
+            return Ok(None);
+        };
+        let header_values = [
+            HeaderValue::from_bytes(user.name.as_bytes()),
+            HeaderValue::from_bytes(user.email.as_bytes()),
+            HeaderValue::from_bytes(user.display_name.as_bytes()),
+        ];
+        let [Ok(name), Ok(email), Ok(display)] = header_values else {
+            return Ok(None);
+        };
+        let signed_in = Arc::new(SignedIn {
+            app_id: app_id.to_string(),
+            parent_hash: session.id_hash,
+            sid: public_sid(&session.id_hash),
+            auth_time: session.auth_time,
+            amr: session.amr,
+            created_at: session.created_at,
+            expires_at: session.expires_at.min(child.expires_at),
+            last_seen: AtomicI64::new(session.last_seen.max(now - TOUCH_INTERVAL + 1).min(now)),
+            generation,
+            header_values: [name, email, display],
+            assertion: Mutex::new(None),
+            user,
+        });
+        self.sessions.insert(key, signed_in.clone());
+        Ok(Some(signed_in))
+    }
+
+    fn still_alive(&self, s: &SignedIn, now: UnixSeconds) -> bool {
+        now < s.expires_at
+            && now < s.last_seen().saturating_add(self.settings.idle_timeout)
+            && s.created_at >= s.user.sessions_valid_after
+            && s.user.status != UserStatus::Disabled
     }
 
     /// A one-time code that carries a signed-in session to `app_id`'s own cookie.

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 
 use crate::config::AppConfig;
 use crate::error::Refusal;
+use crate::metrics::UpstreamError;
 use crate::proxy::{headers as hop, ProxyError};
 use crate::state::AppState;
 use crate::web::{self, cookies, forwarded, Body};
@@ -38,8 +39,8 @@ pub async fn handle(
     let path = req.uri().path().to_string();
     let host = request_host(&req);
     let site = state.router.route(req.uri(), req.headers());
-    let app_id = site
-        .and_then(|s| s.app)
+    let app_index = site.and_then(|s| s.app);
+    let app_id = app_index
         .and_then(|i| state.config.apps.get(i))
         .map(|a| a.id.clone());
 
@@ -56,6 +57,7 @@ pub async fn handle(
         }
     };
 
+    state.accounts.metrics.request(app_index, res.status());
     log_request(
         &method,
         &host,
@@ -100,7 +102,7 @@ async fn dispatch(
             return refuse(state, &refusal, &req);
         }
     }
-    forward(state, req, app, conn).await
+    forward(state, req, app, site.app.unwrap_or_default(), conn).await
 }
 
 /// `/.portcullis/` and everything under it belongs to Portcullis on every host.
@@ -163,6 +165,7 @@ async fn forward(
     state: &AppState,
     mut req: Request<Body>,
     app: &AppConfig,
+    app_index: usize,
     conn: ConnInfo,
 ) -> Response<Body> {
     let peer = conn.peer.ip();
@@ -170,9 +173,15 @@ async fn forward(
     let host = request_host(&req);
     let proto = if conn.tls { "https" } else { "http" };
     hop::set_forwarded(req.headers_mut(), peer, trusted, proto, &host);
+    let metrics = &state.accounts.metrics;
+    let sent = Instant::now();
     match state.upstreams.forward(req, &app.upstream).await {
-        Ok(res) => res,
+        Ok(res) => {
+            metrics.upstream_latency(app_index, sent.elapsed());
+            res
+        }
         Err(ProxyError::Timeout) => {
+            metrics.upstream_error(app_index, UpstreamError::Timeout);
             tracing::warn!(app = %app.id, "upstream timed out");
             Refusal::GatewayTimeout {
                 app: app.name.clone(),
@@ -180,6 +189,7 @@ async fn forward(
             .respond(&state.branding, true)
         }
         Err(ProxyError::Unreachable) => {
+            metrics.upstream_error(app_index, UpstreamError::Unreachable);
             tracing::warn!(app = %app.id, "upstream unreachable");
             Refusal::BadGateway {
                 app: app.name.clone(),

@@ -8,29 +8,21 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use askama::Template;
-use base64::Engine;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
+use crate::accounts::cache::SignedIn;
 use crate::auth::SecretToken;
 use crate::config::AppConfig;
 use crate::error::Refusal;
 use crate::gate::{ConnInfo, Site};
 use crate::identity::AssertionClaims;
 use crate::state::AppState;
-use crate::store::User;
 use crate::web::{self, cookies, forwarded, Body};
 
 const STYLESHEET: &str = include_str!("../../assets/portcullis.css");
 
 /// Who a signed-in request belongs to.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub user: User,
-    pub auth_time: i64,
-    pub amr: Vec<String>,
-    /// A public identifier of the sign-in (never the cookie value).
-    pub sid: String,
-}
+pub type Identity = Arc<SignedIn>;
 
 /// What a page handler knows about the request besides the request itself.
 #[derive(Debug, Clone, Copy)]
@@ -104,28 +96,10 @@ pub fn authenticate(
     let Some(token) = token else {
         return Ok(None);
     };
-    match state.accounts.app_session(&token, &app.id) {
-        Ok(Some(v)) => Ok(Some(Identity {
-            sid: public_sid(&v.session.id_hash),
-            auth_time: v.session.auth_time,
-            amr: v.session.amr,
-            user: v.user,
-        })),
-        Ok(None) => Ok(None),
-        Err(e) => {
-            tracing::error!(error = %e, "session lookup failed");
-            Err(Refusal::Unavailable)
-        }
-    }
-}
-
-/// A stable, public name for a sign-in: apps may log it or correlate by it, and it
-/// reveals nothing that would let anyone use the session.
-pub fn public_sid(session_hash: &[u8; 32]) -> String {
-    let mut input = b"portcullis sid v1:".to_vec();
-    input.extend_from_slice(session_hash);
-    let digest = crate::crypto::sha256(&input);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
+    state.accounts.app_session(&token, &app.id).map_err(|e| {
+        tracing::error!(error = %e, "session lookup failed");
+        Refusal::Unavailable
+    })
 }
 
 /// Adds the identity headers and the signed assertion for `app` (SPEC §3). Values are
@@ -136,7 +110,33 @@ pub fn decorate(
     identity: &Identity,
     app: &AppConfig,
 ) -> Result<(), Refusal> {
+    let assertion = assertion(state, identity, app)?;
+    let headers = req.headers_mut();
+    let [user, email, name] = &identity.header_values;
+    headers.insert(app.headers.user.clone(), user.clone());
+    headers.insert(app.headers.email.clone(), email.clone());
+    headers.insert(app.headers.name.clone(), name.clone());
+    headers.insert(app.headers.assertion.clone(), assertion);
+    Ok(())
+}
+
+/// The signed assertion for this sign-in and app. Signing costs tens of microseconds,
+/// so one is reused until half its lifetime has passed; the app then always receives
+/// an assertion with at least half its lifetime left.
+fn assertion(
+    state: &AppState,
+    identity: &Identity,
+    app: &AppConfig,
+) -> Result<HeaderValue, Refusal> {
     let now = state.accounts.clock.now();
+    let ttl = state.config.server.assertion_ttl.as_secs() as i64;
+    if let Ok(cached) = identity.assertion.lock() {
+        if let Some((value, iat)) = cached.as_ref() {
+            if now >= *iat && now - iat < ttl / 2 {
+                return Ok(value.clone());
+            }
+        }
+    }
     let user = &identity.user;
     let claims = AssertionClaims {
         iss: state.config.server.auth_url.to_string(),
@@ -146,27 +146,20 @@ pub fn decorate(
         email: user.email.clone(),
         name: user.display_name.clone(),
         iat: now,
-        exp: now + state.config.server.assertion_ttl.as_secs() as i64,
+        exp: now + ttl,
         auth_time: identity.auth_time,
         amr: identity.amr.clone(),
         sid: identity.sid.clone(),
     };
-    let assertion = state.keys.sign_assertion(&claims).map_err(|e| {
+    let signed = state.keys.sign_assertion(&claims).map_err(|e| {
         tracing::error!(error = %e, "could not sign the identity assertion");
         Refusal::Unavailable
     })?;
-    let headers = req.headers_mut();
-    let pairs = [
-        (&app.headers.user, user.name.as_bytes()),
-        (&app.headers.email, user.email.as_bytes()),
-        (&app.headers.name, user.display_name.as_bytes()),
-        (&app.headers.assertion, assertion.as_bytes()),
-    ];
-    for (name, value) in pairs {
-        let value = HeaderValue::from_bytes(value).map_err(|_| Refusal::Unavailable)?;
-        headers.insert(name.clone(), value);
+    let value = HeaderValue::from_str(&signed).map_err(|_| Refusal::Unavailable)?;
+    if let Ok(mut cached) = identity.assertion.lock() {
+        *cached = Some((value.clone(), now));
     }
-    Ok(())
+    Ok(value)
 }
 
 /// Cheap on purpose: load balancers call it every few seconds.

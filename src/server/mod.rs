@@ -27,12 +27,26 @@ pub enum ServerError {
     Tls(#[from] tls::TlsError),
 }
 
+async fn bind_metrics(state: &AppState) -> Result<Option<TcpListener>, ServerError> {
+    let Some(addr) = state.config.server.metrics_listen else {
+        return Ok(None);
+    };
+    crate::metrics::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|e| ServerError::Bind {
+            addr,
+            reason: e.to_string(),
+        })
+}
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A bound, not yet running server. Binding first lets tests ask for port 0 and read the
 /// real port before any request is sent.
 pub struct Application {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     state: Arc<AppState>,
     tls: Option<TlsAcceptor>,
 }
@@ -58,8 +72,10 @@ impl Application {
                     _ => e.to_string(),
                 },
             })?;
+        let metrics_listener = bind_metrics(&state).await?;
         Ok(Self {
             listener,
+            metrics_listener,
             state,
             tls,
         })
@@ -67,7 +83,7 @@ impl Application {
 
     /// Serves on a listener the caller bound already (tests bind port 0 first so the
     /// public URLs in the config can name the real port).
-    pub fn with_listener(
+    pub async fn with_listener(
         state: Arc<AppState>,
         listener: std::net::TcpListener,
     ) -> Result<Self, ServerError> {
@@ -82,8 +98,10 @@ impl Application {
             Some(t) => Some(TlsAcceptor::from(tls::server_config(&t.cert, &t.key)?)),
             None => None,
         };
+        let metrics_listener = bind_metrics(&state).await?;
         Ok(Self {
             listener,
+            metrics_listener,
             state,
             tls,
         })
@@ -99,15 +117,34 @@ impl Application {
         self.local_addr().port()
     }
 
+    /// Where Prometheus metrics are served, when `server.metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, lets requests in flight
     /// finish within `drain_timeout`, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Application {
             listener,
+            metrics_listener,
             state,
             tls,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
+        if let Some(l) = metrics_listener {
+            let mut stop = stop_rx.clone();
+            tokio::spawn(crate::metrics::serve(
+                l,
+                state.accounts.metrics.clone(),
+                state.accounts.store.clone(),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ));
+        }
         // Each connection task holds a sender; when all are gone, the drain is complete.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         tokio::pin!(shutdown);

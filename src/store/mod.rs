@@ -116,6 +116,11 @@ pub trait Store: Send + Sync {
     fn delete_session(&self, id_hash: &[u8; 32]) -> Result<bool, StoreError>;
     /// Deletes every session of the user; returns how many.
     fn delete_user_sessions(&self, id: &UserId) -> Result<usize, StoreError>;
+    /// A number that changes after every write that can end a session or change a user
+    /// (status, grants, password, deletion). In-memory caches of verified sessions
+    /// compare it to decide whether they may still trust what they hold, so revocation
+    /// takes effect at once. (A store shared by several replicas must make it shared too.)
+    fn revocation_generation(&self) -> u64;
     /// Sessions stored, children and pending sign-ins included.
     fn count_sessions(&self) -> Result<u64, StoreError>;
     /// Removes sessions, hand-offs and invitations whose `expires_at <= now`; returns how

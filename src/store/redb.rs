@@ -21,6 +21,7 @@ use std::fs::OpenOptions;
 use std::io::{BufRead, ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ::redb::{
     Database, Durability, MultimapTable, MultimapTableDefinition, ReadableDatabase,
@@ -69,6 +70,9 @@ fn backend(e: impl Into<::redb::Error>) -> StoreError {
 pub struct RedbStore {
     db: Database,
     path: PathBuf,
+    /// Bumped by every write that can end a session or change what a user may do; see
+    /// [`Store::revocation_generation`].
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -111,6 +115,7 @@ impl RedbStore {
         let store = Self {
             db,
             path: path.to_path_buf(),
+            generation: AtomicU64::new(0),
         };
         store.init_schema()?;
         Ok(store)
@@ -312,6 +317,23 @@ fn user_exists(txn: &WriteTransaction, id: &UserId) -> Result<bool, StoreError> 
 // The Store implementation
 // ---------------------------------------------------------------------------------------
 
+/// Bumps the generation when dropped, i.e. after the write committed (or failed — a
+/// spurious bump only costs a cache refill), so a reader that saw the old generation
+/// re-checks the store after the change is visible.
+struct Revoking<'a>(&'a AtomicU64);
+
+impl Drop for Revoking<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl RedbStore {
+    fn revoking(&self) -> Revoking<'_> {
+        Revoking(&self.generation)
+    }
+}
+
 impl Store for RedbStore {
     fn create_user(&self, new: NewUser) -> Result<User, StoreError> {
         let user = new.into_user();
@@ -385,6 +407,7 @@ impl Store for RedbStore {
         id: &UserId,
         f: &mut dyn FnMut(&mut User) -> Result<(), StoreError>,
     ) -> Result<User, StoreError> {
+        let _bump = self.revoking();
         self.write(|txn| {
             let mut users = txn.open_table(USERS).map_err(backend)?;
             let before = get_user(&users, id)?.ok_or(StoreError::NotFound)?;
@@ -413,6 +436,7 @@ impl Store for RedbStore {
     }
 
     fn delete_user(&self, id: &UserId) -> Result<(), StoreError> {
+        let _bump = self.revoking();
         self.write(|txn| {
             let mut users = txn.open_table(USERS).map_err(backend)?;
             let user = get_user(&users, id)?.ok_or(StoreError::NotFound)?;
@@ -614,11 +638,17 @@ impl Store for RedbStore {
     }
 
     fn delete_session(&self, id_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let _bump = self.revoking();
         self.write(|txn| Ok(SessionTables::open(txn)?.remove(id_hash)? > 0))
     }
 
     fn delete_user_sessions(&self, id: &UserId) -> Result<usize, StoreError> {
+        let _bump = self.revoking();
         self.write(|txn| SessionTables::open(txn)?.remove_user(id))
+    }
+
+    fn revocation_generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn count_sessions(&self) -> Result<u64, StoreError> {
@@ -629,6 +659,7 @@ impl Store for RedbStore {
     }
 
     fn purge_expired(&self, now: UnixSeconds) -> Result<usize, StoreError> {
+        let _bump = self.revoking();
         self.write(|txn| {
             let mut removed = 0;
             let mut tables = SessionTables::open(txn)?;
@@ -867,6 +898,7 @@ impl Store for RedbStore {
     }
 
     fn import_jsonl(&self, input: &mut dyn BufRead) -> Result<u64, StoreError> {
+        let _bump = self.revoking();
         let snap = read_snapshot(input)?;
         self.write(|txn| {
             let empty = txn

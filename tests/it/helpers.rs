@@ -194,6 +194,7 @@ pub struct TestServer {
     /// The server's clock: tests move it to reach the next TOTP step, expiry or unlock.
     pub clock: ManualClock,
     pub accounts: Arc<Accounts>,
+    pub metrics_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -296,7 +297,8 @@ pub async fn start_server(make_config: impl FnOnce(u16) -> String) -> TestServer
     let clock = ManualClock::new(SystemClock.now());
     let accounts = Arc::new(Accounts::open(&config, Arc::new(clock.clone())).unwrap());
     let state = Arc::new(AppState::new(config.clone(), accounts.clone()).unwrap());
-    let app = Application::with_listener(state, listener).unwrap();
+    let app = Application::with_listener(state, listener).await.unwrap();
+    let metrics_addr = app.metrics_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         app.run(async {
@@ -311,6 +313,7 @@ pub async fn start_server(make_config: impl FnOnce(u16) -> String) -> TestServer
         config,
         clock,
         accounts,
+        metrics_addr,
         stop: Some(stop_tx),
         task: Some(task),
     }

@@ -616,7 +616,9 @@ async fn http2_over_tls_with_alpn() {
     let accounts =
         std::sync::Arc::new(portcullis::accounts::Accounts::open(&config, clock).unwrap());
     let state = std::sync::Arc::new(portcullis::state::AppState::new(config, accounts).unwrap());
-    let app = portcullis::server::Application::with_listener(state, listener).unwrap();
+    let app = portcullis::server::Application::with_listener(state, listener)
+        .await
+        .unwrap();
     tokio::spawn(app.run(std::future::pending()));
 
     let mut roots = rustls::RootCertStore::empty();

@@ -378,3 +378,76 @@ async fn weak_or_mismatched_passwords_are_refused_at_activation() {
     // The link still works after the refusals.
     assert_eq!(b.get(&link).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn assertion_is_reused_for_half_its_life_and_then_renewed() {
+    let s = setup().await;
+    let srv = &s.server;
+    let p = activate_and_sign_in(srv, "sam", &["portal"]).await;
+    let url = format!("{}/echo", srv.url("portal"));
+    // /echo is a public path; use a private one so the identity is added.
+    let url = url.replace("/echo", "/private");
+    let first = last(&p.browser.follow(&url).await).json();
+    let a1 = first["headers"]["x-portcullis-assertion"][0].clone();
+    srv.clock.advance(10);
+    let a2 = p.browser.get_json(&url).await.json()["headers"]["x-portcullis-assertion"][0].clone();
+    assert_eq!(a1, a2, "reused within half the lifetime");
+    srv.clock.advance(25);
+    let a3 = p.browser.get_json(&url).await.json()["headers"]["x-portcullis-assertion"][0].clone();
+    assert_ne!(a1, a3, "renewed after half the lifetime");
+    let jwks = p
+        .browser
+        .get_json(&format!("{}/.portcullis/jwks.json", srv.url("portal")))
+        .await;
+    let claims = portcullis::identity::verify_with_jwks(
+        a3.as_str().unwrap(),
+        &jwks.body,
+        &srv.url("login"),
+        "portal",
+        srv.clock.now(),
+    )
+    .unwrap();
+    assert!(claims.exp - srv.clock.now() >= 30);
+}
+
+#[tokio::test]
+async fn revoking_in_the_store_ends_a_cached_session_at_once() {
+    use portcullis::store::UserStatus;
+    let s = setup().await;
+    let srv = &s.server;
+    let p = activate_and_sign_in(srv, "tina", &["portal", "analytics"]).await;
+    let url = format!("{}/private", srv.url("portal"));
+    assert_eq!(last(&p.browser.follow(&url).await).status, StatusCode::OK);
+    assert_eq!(p.browser.get_json(&url).await.status, StatusCode::OK);
+    assert!(
+        !srv.accounts.sessions.is_empty(),
+        "the session is served from memory"
+    );
+    // Revoking a grant: 403 at once.
+    let user = srv.accounts.store.user_by_name("tina").unwrap().unwrap();
+    srv.accounts
+        .store
+        .update_user(&user.id, &mut |u| {
+            u.apps.remove("portal");
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(p.browser.get_json(&url).await.status, StatusCode::FORBIDDEN);
+    // Disabling: signed out at once, everywhere.
+    let analytics = format!("{}/private", srv.url("analytics"));
+    assert_eq!(
+        last(&p.browser.follow(&analytics).await).status,
+        StatusCode::OK
+    );
+    srv.accounts
+        .store
+        .update_user(&user.id, &mut |u| {
+            u.status = UserStatus::Disabled;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        p.browser.get_json(&analytics).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
