@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub client_idle_timeout: Duration,
     /// On SIGTERM, requests in flight get this long to finish.
     pub drain_timeout: Duration,
+    /// A client that reads nothing of its response for this long is disconnected.
+    pub send_timeout: Duration,
     /// Lifetime of the signed identity assertion.
     pub assertion_ttl: Duration,
 }
@@ -370,6 +372,8 @@ struct RawServer {
     client_idle_timeout: ConfigDuration,
     #[serde(default = "d30s")]
     drain_timeout: ConfigDuration,
+    #[serde(default = "d30s")]
+    send_timeout: ConfigDuration,
     #[serde(default = "d60s")]
     assertion_ttl: ConfigDuration,
 }
@@ -738,6 +742,7 @@ impl Validator<'_> {
             client_idle_timeout: self
                 .duration("server.client_idle_timeout", raw.server.client_idle_timeout),
             drain_timeout: self.duration("server.drain_timeout", raw.server.drain_timeout),
+            send_timeout: self.duration("server.send_timeout", raw.server.send_timeout),
             assertion_ttl: self.duration("server.assertion_ttl", raw.server.assertion_ttl),
         };
 

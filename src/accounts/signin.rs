@@ -482,7 +482,7 @@ impl Accounts {
             return Ok(None);
         }
         if now - session.last_seen >= TOUCH_INTERVAL {
-            self.store.touch_session(&session.id_hash, now)?;
+            self.touch(&session.id_hash, now);
         }
         Ok(Some(Verified { session, user }))
     }
@@ -505,7 +505,7 @@ impl Accounts {
         if let Some(hit) = self.sessions.get(&key) {
             if hit.generation == generation && hit.app_id == app_id && self.still_alive(&hit, now) {
                 if now - hit.last_seen() >= TOUCH_INTERVAL {
-                    self.store.touch_session(&hit.parent_hash, now)?;
+                    self.touch(&hit.parent_hash, now);
                     hit.saw(now);
                 }
                 return Ok(Some(hit));
@@ -557,6 +557,14 @@ impl Accounts {
         });
         self.sessions.insert(key, signed_in.clone());
         Ok(Some(signed_in))
+    }
+
+    /// Records activity for the idle timeout. A failure here (a full disk, say) must not
+    /// stop people who are signed in: at worst the idle timeout comes a little early.
+    fn touch(&self, session_hash: &[u8; 32], now: UnixSeconds) {
+        if let Err(e) = self.store.touch_session(session_hash, now) {
+            tracing::warn!(error = %e, "could not record session activity");
+        }
     }
 
     fn still_alive(&self, s: &SignedIn, now: UnixSeconds) -> bool {

@@ -1,6 +1,7 @@
 //! The public listener: TCP (and TLS), HTTP/1.1 and HTTP/2, client timeouts, and graceful
 //! shutdown. It knows nothing about sign-in; every request goes to [`crate::gate::handle`].
 
+mod stall;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -253,6 +254,7 @@ async fn serve_io<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let io = stall::StallTimeout::new(io, state.config.server.send_timeout);
     let service_state = state.clone();
     let service = service_fn(move |req| {
         let state = service_state.clone();

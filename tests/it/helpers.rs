@@ -19,7 +19,6 @@ use portcullis::clock::{Clock, ManualClock, SystemClock};
 use portcullis::config::Config;
 use portcullis::server::Application;
 use portcullis::state::AppState;
-use tokio::net::TcpListener;
 
 pub type TestBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
@@ -35,32 +34,52 @@ fn full(b: impl Into<Bytes>) -> TestBody {
 pub struct Upstream {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Drop for Upstream {
     fn drop(&mut self) {
+        // Like a process that dies: the listener and every open connection go.
         self.task.abort();
+        for c in self.connections.lock().unwrap().drain(..) {
+            c.abort();
+        }
     }
 }
 
 pub async fn spawn_upstream(name: &'static str) -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    spawn_upstream_on(name, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// An upstream on a given address, e.g. to restart one where it was.
+pub async fn spawn_upstream_on(name: &'static str, addr: SocketAddr) -> Upstream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(addr).unwrap();
+    let listener = socket.listen(1024).unwrap();
     let addr = listener.local_addr().unwrap();
+    let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+    let tracked = connections.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            tokio::spawn(async move {
+            let conn = tokio::spawn(async move {
                 let svc = service_fn(move |req| upstream_handler(name, req));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .with_upgrades()
                     .await;
             });
+            tracked.lock().unwrap().push(conn.abort_handle());
         }
     });
-    Upstream { addr, task }
+    Upstream {
+        addr,
+        task,
+        connections,
+    }
 }
 
 /// Pseudo-random but reproducible content, so a transfer can be checked byte for byte
@@ -287,6 +306,15 @@ pub async fn setup() -> Setup {
 }
 
 pub async fn start_server(make_config: impl FnOnce(u16) -> String) -> TestServer {
+    start_server_with(make_config, |_| {}).await
+}
+
+/// Like `start_server`, with a chance to change the account service before it serves
+/// (e.g. to put a failing store in front of the real one).
+pub async fn start_server_with(
+    make_config: impl FnOnce(u16) -> String,
+    adjust: impl FnOnce(&mut Accounts),
+) -> TestServer {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -295,7 +323,9 @@ pub async fn start_server(make_config: impl FnOnce(u16) -> String) -> TestServer
     std::fs::write(dir.path().join("config.toml"), &text).unwrap();
     let config = Config::load(&dir.path().join("config.toml")).unwrap();
     let clock = ManualClock::new(SystemClock.now());
-    let accounts = Arc::new(Accounts::open(&config, Arc::new(clock.clone())).unwrap());
+    let mut accounts = Accounts::open(&config, Arc::new(clock.clone())).unwrap();
+    adjust(&mut accounts);
+    let accounts = Arc::new(accounts);
     let state = Arc::new(AppState::new(config.clone(), accounts.clone()).unwrap());
     let app = Application::with_listener(state, listener).await.unwrap();
     let metrics_addr = app.metrics_addr();
