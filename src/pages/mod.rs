@@ -1,7 +1,7 @@
 //! Portcullis's own pages and endpoints under `/.portcullis/`, and the sign-in state the
 //! gate asks about: who is behind this request, and the headers that tell the app.
 
-mod form;
+pub mod form;
 mod signin;
 
 use std::net::IpAddr;
