@@ -636,7 +636,16 @@ fn after_sign_in(
         .as_ref()
         .and_then(|rd| app_for(state, rd).map(|app| (rd, app)));
     let Some((rd, app)) = target else {
-        return with_cookies(signed_in_page(state, signed_in), [extra_cookie]);
+        // After a POST, redirect so a reload does not submit the form again.
+        let res = if status == StatusCode::SEE_OTHER {
+            see_other(
+                state,
+                &format!("{}/.portcullis/login", state.config.server.auth_url),
+            )
+        } else {
+            signed_in_page(state, signed_in)
+        };
+        return with_cookies(res, [extra_cookie]);
     };
     match state
         .accounts

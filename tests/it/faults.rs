@@ -318,3 +318,227 @@ async fn a_full_disk_stops_sign_in_with_a_clear_503_while_signed_in_people_keep_
         .await;
     assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
 }
+
+/// Pre-creates accounts in a data dir before the server owns it: `enrolled` have a
+/// known authenticator secret; the others will enrol under load.
+async fn seed_accounts(
+    config: &portcullis::config::Config,
+    enrolled: &[String],
+    fresh: &[String],
+) -> Vec<(String, portcullis::auth::TotpSecret)> {
+    use portcullis::auth::{Password, TotpSecret};
+    let accounts =
+        portcullis::accounts::Accounts::open(config, Arc::new(portcullis::clock::SystemClock))
+            .unwrap();
+    let hash = accounts
+        .hasher
+        .hash(Password::new(GOOD_PASSWORD))
+        .await
+        .unwrap();
+    let mut secrets = Vec::new();
+    for (i, name) in enrolled.iter().chain(fresh).enumerate() {
+        let user = accounts
+            .store
+            .create_user(NewUser {
+                name: name.clone(),
+                email: format!("{name}@example.com"),
+                display_name: name.clone(),
+                apps: ["portal".to_string()].into_iter().collect(),
+                status: UserStatus::Active,
+                password_hash: Some(hash.clone()),
+                now: 0,
+            })
+            .unwrap();
+        if i < enrolled.len() {
+            let secret = TotpSecret::generate().unwrap();
+            let sealed = accounts
+                .secrets
+                .seal(secret.as_bytes(), user.id.to_string().as_bytes());
+            accounts
+                .store
+                .update_user(&user.id, &mut |u| {
+                    u.totp = Some(TotpCredential {
+                        sealed_secret: sealed.clone(),
+                        enrolled_at: 0,
+                        last_step: 0,
+                    });
+                    Ok(())
+                })
+                .unwrap();
+            secrets.push((name.clone(), secret));
+        }
+    }
+    secrets
+}
+
+#[tokio::test]
+async fn kill_9_under_load_loses_no_acknowledged_enrolment_or_session() {
+    use portcullis::auth::code_at;
+    let portal = spawn_upstream("portal").await;
+    let analytics = spawn_upstream("analytics").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = config_text(
+        port,
+        portal.addr,
+        analytics.addr,
+        "",
+        "[security]\nlogin_rate_per_minute = 100000\n",
+    );
+    let path = write_config_file(dir.path(), &text);
+    let config = portcullis::config::Config::load(&path).unwrap();
+    let enrolled: Vec<String> = (0..40).map(|i| format!("signed{i}")).collect();
+    let fresh: Vec<String> = (0..40).map(|i| format!("fresh{i}")).collect();
+    let secrets = seed_accounts(&config, &enrolled, &fresh).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["serve", "-c"])
+            .arg(&path)
+            .env("RUST_LOG", "error")
+            .spawn()
+            .unwrap()
+    };
+    let mut child = start();
+    crate::proxy::wait_for_port(addr).await;
+    let login = format!("http://login.localhost:{port}");
+
+    // Acknowledged outcomes, recorded only after the server answered.
+    let sessions: Arc<std::sync::Mutex<Vec<(String, Browser)>>> = Arc::default();
+    let enrolments: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (sessions, enrolments, login) = (sessions.clone(), enrolments.clone(), login.clone());
+        let mine: Vec<_> = secrets.iter().skip(w).step_by(4).cloned().collect();
+        let new: Vec<_> = fresh.iter().skip(w).step_by(4).cloned().collect();
+        workers.push(tokio::spawn(async move {
+            for ((name, secret), newcomer) in mine.into_iter().zip(new) {
+                let b = Browser::new(addr);
+                let form = b.get(&format!("{login}/.portcullis/login")).await;
+                let res = b
+                    .post_form(
+                        &format!("{login}/.portcullis/login"),
+                        &[
+                            ("csrf", &field(&form.body, "csrf")),
+                            ("rd", ""),
+                            ("username", &name),
+                            ("password", GOOD_PASSWORD),
+                        ],
+                    )
+                    .await;
+                assert_eq!(res.status, StatusCode::SEE_OTHER);
+                let page = b.get(&format!("{login}/.portcullis/code")).await;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64;
+                let res = b
+                    .post_form(
+                        &format!("{login}/.portcullis/code"),
+                        &[
+                            ("csrf", &field(&page.body, "csrf")),
+                            ("rd", ""),
+                            ("code", &code_at(&secret, now)),
+                        ],
+                    )
+                    .await;
+                if res.status == StatusCode::SEE_OTHER
+                    && b.cookie("login.localhost", "portcullis-session").is_some()
+                {
+                    sessions.lock().unwrap().push((name.clone(), b));
+                }
+
+                let b = Browser::new(addr);
+                let form = b.get(&format!("{login}/.portcullis/login")).await;
+                b.post_form(
+                    &format!("{login}/.portcullis/login"),
+                    &[
+                        ("csrf", &field(&form.body, "csrf")),
+                        ("rd", ""),
+                        ("username", &newcomer),
+                        ("password", GOOD_PASSWORD),
+                    ],
+                )
+                .await;
+                let enroll = b.get(&format!("{login}/.portcullis/enroll")).await;
+                let (_, secret) = scan_qr(&enroll.body);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64;
+                let res = b
+                    .post_form(
+                        &format!("{login}/.portcullis/enroll"),
+                        &[
+                            ("csrf", &field(&enroll.body, "csrf")),
+                            ("rd", ""),
+                            ("code", &code_at(&secret, now)),
+                        ],
+                    )
+                    .await;
+                if res.status == StatusCode::SEE_OTHER {
+                    enrolments.lock().unwrap().push(newcomer.clone());
+                }
+            }
+        }));
+    }
+    // Pull the plug at a moment nobody chose.
+    let delay = 400 + (std::process::id() as u64 * 7919) % 800;
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for w in workers {
+        // Requests in flight fail when the server dies; only acknowledged ones count.
+        let _ = w.await;
+    }
+
+    let mut child = start();
+    crate::proxy::wait_for_port(addr).await;
+    let sessions = std::mem::take(&mut *sessions.lock().unwrap());
+    let enrolments = std::mem::take(&mut *enrolments.lock().unwrap());
+    assert!(
+        !sessions.is_empty() && !enrolments.is_empty(),
+        "the load ran before the kill"
+    );
+    for (name, b) in &sessions {
+        let chain = b
+            .follow(&format!("http://portal.localhost:{port}/after-crash"))
+            .await;
+        let page = last(&chain);
+        assert_eq!(page.status, StatusCode::OK, "{name} lost their session");
+        assert_eq!(
+            page.json()["headers"]["x-portcullis-user"][0],
+            name.as_str()
+        );
+    }
+    for name in &enrolments {
+        let b = Browser::new(addr);
+        let form = b.get(&format!("{login}/.portcullis/login")).await;
+        let res = b
+            .post_form(
+                &format!("{login}/.portcullis/login"),
+                &[
+                    ("csrf", &field(&form.body, "csrf")),
+                    ("rd", ""),
+                    ("username", name),
+                    ("password", GOOD_PASSWORD),
+                ],
+            )
+            .await;
+        assert!(
+            res.location().unwrap().contains("/.portcullis/code"),
+            "{name} lost their enrolment"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    println!(
+        "acknowledged before the kill: {} sessions, {} enrolments",
+        sessions.len(),
+        enrolments.len()
+    );
+}
