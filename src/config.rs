@@ -48,8 +48,6 @@ pub struct ServerConfig {
     pub upstream_timeout: Duration,
     /// A client must send its whole request head within this (slowloris).
     pub header_read_timeout: Duration,
-    /// Idle keep-alive client connections are closed after this.
-    pub client_idle_timeout: Duration,
     /// On SIGTERM, requests in flight get this long to finish.
     pub drain_timeout: Duration,
     /// A client that reads nothing of its response for this long is disconnected.
@@ -261,6 +259,8 @@ pub struct Upstream {
     pub scheme: Scheme,
     /// `host:port`, always with the port.
     pub authority: String,
+    /// The same, parsed once: cloning it per request is a reference-count bump.
+    pub uri_authority: http::uri::Authority,
 }
 
 impl Upstream {
@@ -278,9 +278,14 @@ impl Upstream {
         }
         let (host, port) = split_host_port(authority)
             .ok_or_else(|| format!("\"{raw}\" does not have a valid host and port"))?;
+        let authority = format!("{host}:{}", port.unwrap_or(80));
+        let uri_authority = authority
+            .parse()
+            .map_err(|_| format!("\"{raw}\" does not have a valid host and port"))?;
         Ok(Upstream {
             scheme: Scheme::Http,
-            authority: format!("{host}:{}", port.unwrap_or(80)),
+            authority,
+            uri_authority,
         })
     }
 }
@@ -368,8 +373,6 @@ struct RawServer {
     upstream_timeout: ConfigDuration,
     #[serde(default = "d10s")]
     header_read_timeout: ConfigDuration,
-    #[serde(default = "d75s")]
-    client_idle_timeout: ConfigDuration,
     #[serde(default = "d30s")]
     drain_timeout: ConfigDuration,
     #[serde(default = "d30s")]
@@ -522,9 +525,6 @@ fn d30s() -> ConfigDuration {
 }
 fn d60s() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(60))
-}
-fn d75s() -> ConfigDuration {
-    ConfigDuration(Duration::from_secs(75))
 }
 
 /// A duration written as `"90s"`, `"10m"`, `"1h"`, `"250ms"` or `"7d"`.
@@ -739,8 +739,6 @@ impl Validator<'_> {
             upstream_timeout: self.duration("server.upstream_timeout", raw.server.upstream_timeout),
             header_read_timeout: self
                 .duration("server.header_read_timeout", raw.server.header_read_timeout),
-            client_idle_timeout: self
-                .duration("server.client_idle_timeout", raw.server.client_idle_timeout),
             drain_timeout: self.duration("server.drain_timeout", raw.server.drain_timeout),
             send_timeout: self.duration("server.send_timeout", raw.server.send_timeout),
             assertion_ttl: self.duration("server.assertion_ttl", raw.server.assertion_ttl),

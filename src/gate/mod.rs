@@ -45,6 +45,8 @@ pub async fn handle(
         .map(|a| a.id.clone());
 
     let res = match site {
+        // Load balancers often probe by address, with no configured Host.
+        None if req.uri().path() == "/.portcullis/healthz" => crate::pages::healthz(),
         None => refuse(&state, &Refusal::NotFound, &req),
         Some(site) => {
             dispatch(

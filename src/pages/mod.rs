@@ -163,7 +163,7 @@ fn assertion(
 }
 
 /// Cheap on purpose: load balancers call it every few seconds.
-fn healthz() -> Response<Body> {
+pub fn healthz() -> Response<Body> {
     web::json(
         StatusCode::OK,
         format!(

@@ -70,13 +70,16 @@ impl Upstreams {
             req.headers_mut().insert(header::UPGRADE, proto.clone());
         }
 
-        let path_and_query = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri: Uri = format!("http://{}{}", upstream.authority, path_and_query)
-            .parse()
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(upstream.uri_authority.clone());
+        parts.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        let uri = Uri::from_parts(parts)
             .map_err(|_| ProxyError::BadRequest("the request target is not valid"))?;
         // HTTP/2 clients send `:authority` instead of Host; upstreams speak HTTP/1.1.
         if !req.headers().contains_key(header::HOST) {

@@ -721,3 +721,17 @@ async fn config_errors_name_the_key_and_nothing_starts() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
+
+#[tokio::test]
+async fn healthz_answers_a_probe_by_address_with_no_configured_host() {
+    let s = setup().await;
+    let b = Browser::new(s.server.addr);
+    let page = b
+        .get_json(&format!("http://{}/.portcullis/healthz", s.server.addr))
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.json()["status"], "ok");
+    // Anything else on an unknown host is still a 404.
+    let page = b.get(&format!("http://{}/echo", s.server.addr)).await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+}
