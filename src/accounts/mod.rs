@@ -83,6 +83,23 @@ impl Accounts {
     /// Opens the store in `data_dir` (creating it and the keys on first start) and checks
     /// that the secret key is the one the store was made with.
     pub fn open(config: &Config, clock: Arc<dyn Clock>) -> Result<Self, AccountsError> {
+        let accounts = Self::open_unchecked(config, clock)?;
+        match accounts.store.meta(CANARY_KEY)? {
+            Some(canary) => accounts
+                .secrets
+                .check_canary(&canary)
+                .map_err(|_| AccountsError::WrongSecretKey)?,
+            None => accounts
+                .store
+                .put_meta(CANARY_KEY, &accounts.secrets.make_canary())?,
+        }
+        Ok(accounts)
+    }
+
+    /// Like [`Accounts::open`] without the secret-key check: only for `store import`, which
+    /// checks the key against the canary in the export and replaces the store's canary
+    /// (a fresh data directory may hold a canary of a key created a moment ago).
+    pub fn open_unchecked(config: &Config, clock: Arc<dyn Clock>) -> Result<Self, AccountsError> {
         let data_dir = &config.server.data_dir;
         let operator_key = config
             .server
@@ -92,12 +109,6 @@ impl Accounts {
             .or_else(KeySource::from_env);
         let secrets = SecretBox::load_or_create(data_dir, operator_key)?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&store_path(config))?);
-        match store.meta(CANARY_KEY)? {
-            Some(canary) => secrets
-                .check_canary(&canary)
-                .map_err(|_| AccountsError::WrongSecretKey)?,
-            None => store.put_meta(CANARY_KEY, &secrets.make_canary())?,
-        }
         let p = &config.password;
         let hasher = PasswordHasher::new(PasswordParams {
             memory_kib: p.argon2_memory_kib,

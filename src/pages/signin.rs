@@ -84,7 +84,7 @@ struct MessagePage<'a> {
     link: Option<(&'a str, &'a str)>,
 }
 
-const ENROLLED_NOTICE: &str = "Two-factor authentication is set up. To finish logging in, enter the next code from your app — the code changes every 30 seconds.";
+const ENROLLED_NOTICE: &str = "Two-factor authentication is set up. To finish logging in, wait for the next code in your app and enter it below.";
 const SIGNED_OUT_NOTICE: &str = "You have signed out.";
 const ACTIVATED_NOTICE: &str =
     "Your account is ready. Log in with the user name and password you were given.";
@@ -212,6 +212,20 @@ fn refuse(state: &AppState, r: Refusal) -> Response<Body> {
     r.respond(&state.branding, true)
 }
 
+/// SPEC §5: a form POST must come from the auth origin. Our pages send
+/// `Referrer-Policy: no-referrer`, and with that policy browsers send `Origin: null` even
+/// on a same-origin form (Fetch §3.1, "serializing a request origin"). `null` is then
+/// accepted only together with `Sec-Fetch-Site: same-origin`, a header pages cannot set
+/// or forge; the CSRF token is checked either way.
+fn same_origin_post(state: &AppState, headers: &http::HeaderMap) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match header("origin") {
+        Some("null") => header("sec-fetch-site") == Some("same-origin"),
+        Some(origin) => origin == state.config.server.auth_url.to_string(),
+        None => false,
+    }
+}
+
 /// The checks every sign-in POST passes before anything else: the per-address rate
 /// limit, the `Origin` header, and the CSRF token bound to this browser's cookie.
 async fn accept_post(
@@ -228,13 +242,7 @@ async fn accept_post(
             },
         ));
     }
-    let expected_origin = state.config.server.auth_url.to_string();
-    let origin_ok = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|o| o == expected_origin);
-    if !origin_ok {
+    if !same_origin_post(state, req.headers()) {
         return Err(refuse(state, Refusal::CsrfRejected));
     }
     let binding = cookies::get(req.headers(), state.cookies.csrf)

@@ -77,6 +77,38 @@ async fn login_post_without_csrf_token_or_from_another_origin_is_refused() {
         assert_eq!(res.status, StatusCode::FORBIDDEN, "{origin:?}");
         assert!(b.cookie("login.localhost", "portcullis-pending").is_none());
     }
+    // `Origin: null` (what browsers send under `Referrer-Policy: no-referrer`) passes only
+    // when the browser itself vouches that the form is same-origin.
+    for (site, expect) in [
+        (Some("cross-site"), StatusCode::FORBIDDEN),
+        (None, StatusCode::FORBIDDEN),
+        (Some("same-site"), StatusCode::FORBIDDEN),
+    ] {
+        let mut headers = vec![
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("origin", "null"),
+        ];
+        if let Some(site) = site {
+            headers.push(("sec-fetch-site", site));
+        }
+        let res = b
+            .request(Method::POST, &url, &headers, Some(body.clone().into()))
+            .await;
+        assert_eq!(res.status, expect, "{site:?}");
+    }
+    let res = b
+        .request(
+            Method::POST,
+            &url,
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("origin", "null"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+            Some(body.clone().into()),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
     // Everything right: accepted.
     let mut good = fields.to_vec();
     good.push(("csrf", &token));
