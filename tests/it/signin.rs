@@ -451,3 +451,122 @@ async fn revoking_in_the_store_ends_a_cached_session_at_once() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[tokio::test]
+async fn reset_2fa_ends_every_session_and_the_next_sign_in_shows_a_new_qr_code() {
+    use portcullis::accounts::Actor;
+    let s = setup().await;
+    let srv = &s.server;
+    let p = activate_and_sign_in(srv, "vera", &["portal", "analytics"]).await;
+    let portal = format!("{}/private", srv.url("portal"));
+    assert_eq!(
+        last(&p.browser.follow(&portal).await).status,
+        StatusCode::OK
+    );
+
+    // The phone is lost; the administrator resets 2FA.
+    srv.accounts.reset_2fa("vera", Actor::Cli).unwrap();
+    assert_eq!(
+        p.browser.get_json(&portal).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let chain = p
+        .browser
+        .follow(&format!("{}/.portcullis/login", srv.url("login")))
+        .await;
+    assert!(
+        last(&chain).body.contains("Log in"),
+        "the auth session ended too"
+    );
+
+    // Password again, then a NEW QR code (a new secret), not the code step.
+    let b = Browser::new(srv.addr);
+    let form = b
+        .get(&format!("{}/.portcullis/login", srv.url("login")))
+        .await;
+    let chain = b
+        .submit(
+            &format!("{}/.portcullis/login", srv.url("login")),
+            &[
+                ("csrf", &field(&form.body, "csrf")),
+                ("rd", ""),
+                ("username", "vera"),
+                ("password", GOOD_PASSWORD),
+            ],
+        )
+        .await;
+    let enroll = last(&chain);
+    assert!(
+        enroll.body.contains("Set up two-factor authentication"),
+        "{}",
+        enroll.body
+    );
+    let (_, secret) = scan_qr(&enroll.body);
+    assert_ne!(secret.base32(), p.secret.base32());
+    // The old authenticator no longer works.
+    srv.clock.advance(30);
+    let res = b
+        .post_form(
+            &format!("{}/.portcullis/enroll", srv.url("login")),
+            &[
+                ("csrf", &field(&enroll.body, "csrf")),
+                ("rd", ""),
+                ("code", &code_at(&p.secret, srv.clock.now())),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST);
+    let events = srv.accounts.store.audit(Some("vera"), 50).unwrap();
+    assert!(
+        events.iter().any(|e| e.action == "user.reset_2fa"),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn disabling_or_deleting_a_user_ends_their_sessions_at_once() {
+    use portcullis::accounts::Actor;
+    let s = setup().await;
+    let srv = &s.server;
+    let a = activate_and_sign_in(srv, "walt", &["portal"]).await;
+    let b = activate_and_sign_in(srv, "xena", &["portal"]).await;
+    let portal = format!("{}/private", srv.url("portal"));
+    for p in [&a, &b] {
+        assert_eq!(
+            last(&p.browser.follow(&portal).await).status,
+            StatusCode::OK
+        );
+    }
+    srv.accounts.disable_user("walt", Actor::Cli).unwrap();
+    srv.accounts.delete_user("xena", Actor::Cli).unwrap();
+    for p in [&a, &b] {
+        assert_eq!(
+            p.browser.get_json(&portal).await.status,
+            StatusCode::UNAUTHORIZED,
+            "{}",
+            p.name
+        );
+    }
+    // A disabled account cannot sign in again, and is told nothing more than a stranger.
+    let res = {
+        let browser = Browser::new(srv.addr);
+        let form = browser
+            .get(&format!("{}/.portcullis/login", srv.url("login")))
+            .await;
+        browser
+            .post_form(
+                &format!("{}/.portcullis/login", srv.url("login")),
+                &[
+                    ("csrf", &field(&form.body, "csrf")),
+                    ("rd", ""),
+                    ("username", "walt"),
+                    ("password", GOOD_PASSWORD),
+                ],
+            )
+            .await
+    };
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+    assert!(res
+        .body
+        .contains("That user name and password do not match"));
+}
