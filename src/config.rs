@@ -766,7 +766,11 @@ impl Validator<'_> {
             self.problems
                 .push("password.min_length: must be between 8 and 128".to_string());
         }
-        if p.argon2_memory_kib < 8 * p.argon2_parallelism.max(1) || p.argon2_memory_kib > 4 << 20 {
+        // Saturating: parallelism is operator text up to u32::MAX, and 8 × that overflows
+        // (a panic in debug builds); the range check below reports it.
+        if p.argon2_memory_kib < p.argon2_parallelism.max(1).saturating_mul(8)
+            || p.argon2_memory_kib > 4 << 20
+        {
             self.problems.push(
                 "password.argon2_memory_kib: must be at least 8 × parallelism and at most 4194304"
                     .to_string(),
@@ -983,6 +987,18 @@ public_paths = ["/healthz", "/static/*"]
         let e = parse(&format!("{GOOD}\n[session]\nidle_timeout = \"an hour\"\n")).unwrap_err();
         assert!(e.contains("idle_timeout") || e.contains("line 15"), "{e}");
         assert!(e.contains("an hour"), "{e}");
+    }
+
+    #[test]
+    fn huge_argon2_parallelism_is_reported_not_a_panic() {
+        // Found while fuzzing the config parser (reproduced with fuzz/fuzz_targets/config.rs):
+        // 8 × parallelism overflowed, a panic in debug builds.
+        let e = parse(&format!(
+            "{GOOD}\n[password]\nargon2_parallelism = 4294967295\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("password.argon2_parallelism"), "{e}");
+        assert!(e.contains("password.argon2_memory_kib"), "{e}");
     }
 
     #[test]

@@ -134,6 +134,13 @@ pub fn validate_rd(raw: &str, allowed_origins: &[Origin]) -> Option<RedirectTarg
         return None;
     }
     let url_str = url.as_str();
+    // Normalising percent-encodes characters such as `}` and can triple the length. The
+    // result goes into the sign-in form's hidden `rd` field and is validated again on
+    // POST and at the callback, so it must itself be within the limit (and far below
+    // the form's field limit), or the person loses their way or cannot sign in at all.
+    if url_str.len() > MAX_RD_BYTES {
+        return None;
+    }
     let path_start = url_str.len().checked_sub(path_and_query.len())?;
     Some(RedirectTarget {
         url: url_str.to_owned(),
@@ -464,6 +471,20 @@ mod tests {
             assert!(validate_rd(raw, &allowed).is_none(), "accepted {raw:?}");
         }
         assert!(hostile.len() >= 20);
+    }
+
+    #[test]
+    fn target_that_grows_past_the_limit_when_normalised_is_refused() {
+        // Found by fuzzing (fuzz/fuzz_targets/redirect.rs): 1000 `}` become 3000 bytes
+        // of `%7D`, which the form would send back and the second check would refuse.
+        let raw = format!("http://portal.localhost:8080/{}", "}".repeat(1000));
+        assert!(raw.len() <= MAX_RD_BYTES);
+        assert!(validate_rd(&raw, &allowed()).is_none());
+        // Short enough after normalising: accepted, and accepted again unchanged.
+        let raw = format!("http://portal.localhost:8080/{}", "}".repeat(600));
+        let t = ok(&raw);
+        assert!(t.as_str().len() <= MAX_RD_BYTES);
+        assert_eq!(validate_rd(t.as_str(), &allowed()), Some(t.clone()));
     }
 
     #[test]
