@@ -780,3 +780,46 @@ async fn store_import_of_garbage_names_the_line() {
         .unwrap_err();
     assert!(err.to_string().contains("Line 2"), "{err}");
 }
+
+#[tokio::test]
+async fn security_events_reach_the_log_as_well_as_the_store() {
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let f = fixture();
+    let a = &f.accounts;
+    add(a, "alice", Some(GOOD)).await;
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        // Other test threads may have cached this callsite as "never" while no
+        // subscriber was set; re-ask every callsite now that ours is in place.
+        tracing::callsite::rebuild_interest_cache();
+        a.disable_user("alice", Actor::Cli).unwrap();
+    });
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("portcullis::audit"))
+        .unwrap_or_else(|| panic!("no audit line in the log:\n{text}"));
+    assert!(
+        line.contains("user.disable") && line.contains("alice") && line.contains("ok"),
+        "{line}"
+    );
+    assert_eq!(
+        a.audit_trail(Some("alice"), 1).unwrap()[0].action,
+        "user.disable"
+    );
+}

@@ -756,4 +756,79 @@ mod tests {
         assert!(set.contains("123456"));
         assert!(set.iter().all(|p| *p == p.to_lowercase()));
     }
+
+    #[tokio::test]
+    async fn a_hash_waits_while_every_permit_is_taken() {
+        let h = PasswordHasher::with_max_concurrent(small(), 1).unwrap();
+        // Someone else holds the only permit: the hash must queue, not run beside it.
+        let held = Arc::clone(&h.permits).acquire_owned().await.unwrap();
+        let queued = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            h.hash(pw("waits its turn")),
+        )
+        .await;
+        assert!(queued.is_err(), "hashed without a permit");
+        drop(held);
+        assert!(h.hash(pw("waits its turn")).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn no_more_jobs_than_the_limit_run_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let h = PasswordHasher::with_max_concurrent(small(), 2).unwrap();
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let jobs = (0..6).map(|_| {
+            let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+            h.run_blocking(move || {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            })
+        });
+        for r in futures_util::future::join_all(jobs).await {
+            r.unwrap();
+        }
+        // The permit is held until each job ends, so the limit bounds the work running.
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn hashing_leaves_the_async_thread_free() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // Production parameters: tens of milliseconds of work per hash. This runtime has
+        // one thread; a hash run on it would keep the ticker from running at all, as a
+        // flood of sign-ins would starve proxied traffic.
+        let h = PasswordHasher::new(PasswordParams::default()).unwrap();
+        let stored = h.hash(pw("a flood of sign-ins")).await.unwrap();
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&ticks);
+        let ticker = tokio::spawn(async move {
+            loop {
+                counter.fetch_add(1, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        });
+        let start = ticks.load(Ordering::Relaxed);
+        h.hash(pw("a flood of sign-ins")).await.unwrap();
+        let after_hash = ticks.load(Ordering::Relaxed);
+        h.verify(pw("a flood of sign-ins"), Some(&stored))
+            .await
+            .unwrap();
+        let after_verify = ticks.load(Ordering::Relaxed);
+        h.verify(pw("a flood of sign-ins"), None).await.unwrap();
+        let after_dummy = ticks.load(Ordering::Relaxed);
+        ticker.abort();
+        assert!(after_hash > start, "the runtime stalled while hashing");
+        assert!(
+            after_verify > after_hash,
+            "the runtime stalled while verifying"
+        );
+        assert!(
+            after_dummy > after_verify,
+            "the runtime stalled on the dummy check"
+        );
+    }
 }

@@ -209,4 +209,26 @@ mod tests {
             .unwrap()
             .contains("Secure"));
     }
+
+    #[test]
+    fn every_cookie_on_https_is_host_prefixed_and_secure() {
+        let n = CookieNames::new(true);
+        for name in [n.session, n.app, n.pending, n.csrf] {
+            assert!(name.starts_with("__Host-portcullis-"), "{name}");
+            for v in [n.set(name, "t", Some(60)), n.clear(name)] {
+                let v = v.unwrap();
+                let s = v.to_str().unwrap();
+                assert!(s.contains("; Path=/") && s.contains("; Secure"), "{s}");
+                assert!(
+                    s.contains("; HttpOnly") && s.contains("; SameSite=Lax"),
+                    "{s}"
+                );
+                assert!(!s.contains("Domain"), "{s}");
+            }
+        }
+        let plain = CookieNames::new(false);
+        for name in [plain.session, plain.app, plain.pending, plain.csrf] {
+            assert!(name.starts_with("portcullis-"), "{name}");
+        }
+    }
 }

@@ -642,3 +642,392 @@ async fn sign_in_events_land_in_the_audit_trail_without_secrets() {
     let dump = format!("{events:?}");
     assert!(!dump.contains(GOOD_PASSWORD) && !dump.contains(&p.secret.base32()));
 }
+
+#[tokio::test]
+async fn a_password_hashed_with_other_parameters_is_rehashed_at_sign_in() {
+    use portcullis::auth::{Password, PasswordHasher, PasswordParams};
+    let s = setup().await;
+    let srv = &s.server;
+    // An Argon2id hash made before the parameters changed, and an imported bcrypt hash.
+    let older = PasswordHasher::new(PasswordParams {
+        memory_kib: 128,
+        iterations: 2,
+        parallelism: 1,
+    })
+    .unwrap()
+    .hash(Password::new(GOOD_PASSWORD))
+    .await
+    .unwrap();
+    let imported = bcrypt::hash(GOOD_PASSWORD, 4).unwrap();
+    for (name, old) in [("rhea", older), ("ross", imported)] {
+        invite(srv, name, Some(GOOD_PASSWORD), &["portal"]).await;
+        let user = srv.accounts.store.user_by_name(name).unwrap().unwrap();
+        srv.accounts
+            .store
+            .update_user(&user.id, &mut |u| {
+                u.password_hash = Some(old.clone());
+                Ok(())
+            })
+            .unwrap();
+        let res = try_password(&Browser::new(srv.addr), srv, name, GOOD_PASSWORD).await;
+        assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+        let stored = srv
+            .accounts
+            .store
+            .user_by_name(name)
+            .unwrap()
+            .unwrap()
+            .password_hash
+            .unwrap();
+        // Now Argon2id with the configured parameters (m=64, t=1, p=1 in these tests).
+        assert!(
+            stored.starts_with("$argon2id$v=19$m=64,t=1,p=1$"),
+            "{name}: {stored}"
+        );
+        let check = srv
+            .accounts
+            .hasher
+            .verify(Password::new(GOOD_PASSWORD), Some(&stored))
+            .await
+            .unwrap();
+        assert!(check.ok && !check.needs_rehash, "{name}: {check:?}");
+        let audit = srv.accounts.store.audit(Some(name), 10).unwrap();
+        assert!(audit.iter().any(|e| e.action == "user.rehash"), "{audit:?}");
+        // The same password still signs in.
+        let res = try_password(&Browser::new(srv.addr), srv, name, GOOD_PASSWORD).await;
+        assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+    }
+}
+
+#[tokio::test]
+async fn totp_secrets_are_encrypted_at_rest() {
+    let s = setup().await;
+    let srv = &s.server;
+    let p = activate_and_sign_in(srv, "uma", &["portal"]).await;
+    let user = srv.accounts.store.user_by_name("uma").unwrap().unwrap();
+    let sealed = user.totp.as_ref().unwrap().sealed_secret.clone();
+    let raw = p.secret.as_bytes().to_vec();
+    let text = p.secret.base32().into_bytes();
+    let holds = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    assert!(!holds(&sealed, &raw) && !holds(&sealed, &text));
+    // AES-GCM under the server's key, bound to this user's id.
+    let opened = srv
+        .accounts
+        .secrets
+        .open(&sealed, user.id.to_string().as_bytes())
+        .unwrap();
+    assert_eq!(opened.as_slice(), raw.as_slice());
+    // Nowhere in the store file does the secret appear in the clear.
+    let file = std::fs::read(
+        srv.config
+            .server
+            .data_dir
+            .join(portcullis::store::STORE_FILE),
+    )
+    .unwrap();
+    assert!(!holds(&file, &raw) && !holds(&file, &text));
+}
+
+#[tokio::test]
+async fn a_pending_sign_in_passed_off_as_a_session_signs_nobody_in() {
+    let s = setup().await;
+    let srv = &s.server;
+    let p = activate_and_sign_in(srv, "sven", &["portal"]).await;
+    let b = Browser::new(srv.addr);
+    let res = try_password(&b, srv, "sven", &p.password).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER);
+    let pending = b.cookie("login.localhost", "portcullis-pending").unwrap();
+    // Password only: its cookie value, planted as the session or an app cookie, opens nothing.
+    let forged = Browser::new(srv.addr);
+    forged.set_cookie("login.localhost", "portcullis-session", &pending);
+    forged.set_cookie("portal.localhost", "portcullis-app", &pending);
+    let rd = format!("{}/x", srv.url("portal"));
+    let page = forged
+        .get(&format!(
+            "{}/.portcullis/login?rd={}",
+            srv.url("login"),
+            urlencode(&rd)
+        ))
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{:?}", page.location());
+    assert!(page.body.contains("name=\"password\""), "{}", page.body);
+    assert!(!page.body.contains("You are signed in"));
+    assert_eq!(forged.get_json(&rd).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn every_sign_in_form_post_needs_the_csrf_token_and_the_auth_origin() {
+    let s = setup().await;
+    let srv = &s.server;
+    let p = activate_and_sign_in(srv, "tara", &["portal"]).await;
+    // A browser in the middle of a sign-in: it holds a csrf cookie and a pending sign-in.
+    let b = Browser::new(srv.addr);
+    let res = try_password(&b, srv, "tara", &p.password).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER);
+    let login = srv.url("login");
+    let code_page = b.get(&format!("{login}/.portcullis/code")).await;
+    let token = field(&code_page.body, "csrf");
+    srv.clock.advance(30);
+    let code = code_at(&p.secret, srv.clock.now());
+    let posts: [(&str, Vec<(&str, &str)>); 5] = [
+        (
+            "login",
+            vec![("username", "tara"), ("password", GOOD_PASSWORD)],
+        ),
+        ("enroll", vec![("code", &code)]),
+        ("code", vec![("code", &code)]),
+        (
+            "activate",
+            vec![
+                ("token", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+                ("password", GOOD_PASSWORD),
+                ("password2", GOOD_PASSWORD),
+            ],
+        ),
+        ("logout", vec![]),
+    ];
+    for (path, fields) in &posts {
+        let url = format!("{login}/.portcullis/{path}");
+        // No token, and a token that is not this browser's.
+        let res = b.post_form(&url, fields).await;
+        assert_eq!(res.status, StatusCode::FORBIDDEN, "{path} without a token");
+        let mut forged = fields.clone();
+        forged.push(("csrf", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"));
+        let res = b.post_form(&url, &forged).await;
+        assert_eq!(
+            res.status,
+            StatusCode::FORBIDDEN,
+            "{path} with a forged token"
+        );
+        // The right token, posted from another site.
+        let mut good = fields.clone();
+        good.push(("csrf", &token));
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&good)
+            .finish();
+        let res = b
+            .request(
+                Method::POST,
+                &url,
+                &[
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("origin", "http://evil.localhost"),
+                ],
+                Some(body.into()),
+            )
+            .await;
+        assert_eq!(
+            res.status,
+            StatusCode::FORBIDDEN,
+            "{path} from another origin"
+        );
+    }
+    // None of that did anything: the pending sign-in ends with the code as usual…
+    let res = b
+        .post_form(
+            &format!("{login}/.portcullis/code"),
+            &[("csrf", &token), ("rd", ""), ("code", &code)],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+    // …and a forged sign-out leaves the signed-in person signed in.
+    let res = p
+        .browser
+        .post_form(&format!("{login}/.portcullis/logout"), &[])
+        .await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+    let page = p.browser.get(&format!("{login}/.portcullis/login")).await;
+    assert!(page.body.contains("You are signed in"), "{}", page.body);
+}
+
+fn set_cookies(page: &Page) -> Vec<String> {
+    page.headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn behind_a_tls_terminating_proxy_cookies_are_host_only_secure_and_pages_send_hsts() {
+    // Plain HTTP here, https to the world: the configured origins decide.
+    let portal = spawn_upstream("portal").await;
+    let analytics = spawn_upstream("analytics").await;
+    let srv = start_server(|port| {
+        config_text(port, portal.addr, analytics.addr, "", "")
+            .replace("http://login.localhost", "https://login.localhost")
+            .replace("http://portal.localhost", "https://portal.localhost")
+            .replace("http://analytics.localhost", "https://analytics.localhost")
+    })
+    .await;
+    let port = srv.port;
+    let login = format!("https://login.localhost:{port}");
+    let rd = format!("https://portal.localhost:{port}/x");
+    invite(&srv, "vera", Some(GOOD_PASSWORD), &["portal"]).await;
+    let user = srv.accounts.store.user_by_name("vera").unwrap().unwrap();
+    let secret = srv.accounts.enrolment_secret(&user).unwrap();
+    let user = srv.accounts.store.user_by_name("vera").unwrap().unwrap();
+    srv.accounts
+        .finish_enrolment(&user, &code_at(&secret, srv.clock.now()), None)
+        .await
+        .unwrap();
+    srv.clock.advance(30);
+
+    // The Browser helper speaks plain HTTP whatever the scheme; the Host header routes.
+    let b = Browser::new(srv.addr);
+    let mut seen = Vec::new();
+    let form = b.get(&format!("{login}/.portcullis/login")).await;
+    assert_eq!(form.status, StatusCode::OK);
+    assert!(form.headers.contains_key("strict-transport-security"));
+    seen.extend(set_cookies(&form));
+    let res = b
+        .post_form(
+            &format!("{login}/.portcullis/login"),
+            &[
+                ("csrf", &field(&form.body, "csrf")),
+                ("rd", &rd),
+                ("username", "vera"),
+                ("password", GOOD_PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+    assert!(res.headers.contains_key("strict-transport-security"));
+    seen.extend(set_cookies(&res));
+    let code_page = b.get(&res.location().unwrap()).await;
+    assert_eq!(code_page.status, StatusCode::OK, "{}", code_page.body);
+    let res = b
+        .post_form(
+            &format!("{login}/.portcullis/code"),
+            &[
+                ("csrf", &field(&code_page.body, "csrf")),
+                ("rd", &rd),
+                ("code", &code_at(&secret, srv.clock.now())),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+    seen.extend(set_cookies(&res));
+    let callback = b.get(&res.location().unwrap()).await;
+    assert_eq!(callback.status, StatusCode::FOUND, "{}", callback.body);
+    seen.extend(set_cookies(&callback));
+
+    for name in ["csrf", "pending", "session", "app"] {
+        let prefix = format!("__Host-portcullis-{name}=");
+        let cookie = seen
+            .iter()
+            .find(|c| c.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {seen:?}"));
+        for attr in ["Path=/", "HttpOnly", "SameSite=Lax", "Secure"] {
+            assert!(cookie.split("; ").any(|a| a == attr), "{attr}: {cookie}");
+        }
+        assert!(!cookie.contains("Domain"), "{cookie}");
+    }
+    assert!(seen.iter().all(|c| c.starts_with("__Host-")), "{seen:?}");
+    // The app is reached with its __Host- cookie.
+    assert_eq!(b.get_json(&rd).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_sign_in_page_forgets_a_session_past_its_absolute_lifetime() {
+    let s = setup().await;
+    let srv = &s.server;
+    let p = activate_and_sign_in(srv, "wade", &["portal"]).await;
+    let login = format!("{}/.portcullis/login", srv.url("login"));
+    // Active on the auth origin every 50 minutes: still signed in at 11 h 40 min…
+    for _ in 0..14 {
+        srv.clock.advance(50 * 60);
+        let page = p.browser.get(&login).await;
+        assert!(page.body.contains("You are signed in"), "{}", page.body);
+    }
+    // …but never beyond 12 hours: the password is asked for again.
+    srv.clock.advance(25 * 60);
+    let page = p.browser.get(&login).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("name=\"password\""), "{}", page.body);
+    assert!(!page.body.contains("You are signed in"));
+}
+
+#[tokio::test]
+async fn the_pending_sign_in_ends_when_the_session_begins() {
+    let s = setup().await;
+    let srv = &s.server;
+    let p = activate_and_sign_in(srv, "xena", &["portal"]).await;
+    let b = Browser::new(srv.addr);
+    let res = try_password(&b, srv, "xena", &p.password).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER);
+    let pending = b.cookie("login.localhost", "portcullis-pending").unwrap();
+    let code_url = format!("{}/.portcullis/code", srv.url("login"));
+    let page = b.get(&code_url).await;
+    srv.clock.advance(30);
+    let res = b
+        .post_form(
+            &code_url,
+            &[
+                ("csrf", &field(&page.body, "csrf")),
+                ("rd", ""),
+                ("code", &code_at(&p.secret, srv.clock.now())),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+    // A copy of the pending cookie kept from before is dead, not a second way in.
+    let copy = Browser::new(srv.addr);
+    copy.set_cookie("login.localhost", "portcullis-pending", &pending);
+    let res = copy.get(&code_url).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER);
+    assert!(
+        res.location().unwrap().contains("notice=expired"),
+        "{:?}",
+        res.location()
+    );
+}
+
+#[tokio::test]
+async fn a_code_that_signed_someone_in_is_refused_for_any_other_sign_in() {
+    let s = setup().await;
+    let srv = &s.server;
+    let p = activate_and_sign_in(srv, "yuri", &["portal"]).await;
+    let code_url = format!("{}/.portcullis/code", srv.url("login"));
+    // Two sign-ins waiting for a code, e.g. a phished one and the real one.
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let b = Browser::new(srv.addr);
+        let res = try_password(&b, srv, "yuri", &p.password).await;
+        assert_eq!(res.status, StatusCode::SEE_OTHER);
+        let csrf = field(&b.get(&code_url).await.body, "csrf");
+        waiting.push((b, csrf));
+    }
+    // The code that signed the person in a moment ago (same time step) opens neither.
+    let used = code_at(&p.secret, srv.clock.now());
+    for (b, csrf) in &waiting {
+        let res = b
+            .post_form(&code_url, &[("csrf", csrf), ("rd", ""), ("code", &used)])
+            .await;
+        assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+        assert!(res.body.contains("already used"), "{}", res.body);
+    }
+    // The next code, sent by both at the same moment, opens exactly one.
+    srv.clock.advance(30);
+    let next = code_at(&p.secret, srv.clock.now());
+    let sends = waiting.iter().map(|(b, csrf)| {
+        let (url, code) = (code_url.clone(), next.clone());
+        async move {
+            b.post_form(
+                &url,
+                &[("csrf", csrf.as_str()), ("rd", ""), ("code", &code)],
+            )
+            .await
+        }
+    });
+    let results = futures_util::future::join_all(sends).await;
+    let statuses: Vec<StatusCode> = results.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::SEE_OTHER)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+}
