@@ -67,6 +67,7 @@ impl AppState {
             redirect_origins,
             router: Router::new(&config),
             upstreams: Upstreams::new(
+                config.apps.iter().map(|a| a.upstream.authority.as_str()),
                 config.server.connect_timeout,
                 config.server.upstream_timeout,
             ),

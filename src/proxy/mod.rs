@@ -2,18 +2,18 @@
 //! upgrades (WebSocket), and the upstream timeouts that turn into 502/504.
 
 pub mod headers;
+mod pool;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::config::Upstream;
 use crate::web::Body;
+use pool::{Pool, SendError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -28,29 +28,19 @@ pub enum ProxyError {
 /// The shared upstream client. Cloning is cheap; all clones share one connection pool.
 #[derive(Clone)]
 pub struct Upstreams {
-    client: Client<HttpConnector, Body>,
+    pool: Arc<Pool>,
     response_timeout: Duration,
 }
 
 impl Upstreams {
-    pub fn new(connect_timeout: Duration, response_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            // Shorter than the keep-alive of common backends (nginx 75 s, Node 5 s), so we
-            // rarely send on a connection the backend is closing; when we do, the client
-            // retries requests that were not yet sent (hyper's retry_canceled_requests).
-            .pool_idle_timeout(Duration::from_millis(4500))
-            .pool_max_idle_per_host(256)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .retry_canceled_requests(true)
-            .set_host(false)
-            .build(connector);
+    /// `authorities`: the `host:port` of every upstream that will be asked.
+    pub fn new<'a>(
+        authorities: impl IntoIterator<Item = &'a str>,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Self {
         Self {
-            client,
+            pool: Arc::new(Pool::new(authorities, connect_timeout, pool::IDLE_TIMEOUT)),
             response_timeout,
         }
     }
@@ -70,17 +60,6 @@ impl Upstreams {
             req.headers_mut().insert(header::UPGRADE, proto.clone());
         }
 
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
-        parts.authority = Some(upstream.uri_authority.clone());
-        parts.path_and_query = Some(
-            req.uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
-        let uri = Uri::from_parts(parts)
-            .map_err(|_| ProxyError::BadRequest("the request target is not valid"))?;
         // HTTP/2 clients send `:authority` instead of Host; upstreams speak HTTP/1.1.
         if !req.headers().contains_key(header::HOST) {
             if let Some(auth) = req.uri().authority() {
@@ -89,14 +68,29 @@ impl Upstreams {
                 }
             }
         }
-        *req.uri_mut() = uri;
+        // Origin form on the wire, as a client talking to the backend directly sends.
+        if req.uri().authority().is_some() {
+            let path = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(path);
+        }
         *req.version_mut() = Version::HTTP_11;
 
-        let sent = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
-        let mut res = match sent {
+        let sent = self.pool.send(&upstream.authority, req, upgrade.is_some());
+        let mut res = match tokio::time::timeout(self.response_timeout, sent).await {
             Err(_) => return Err(ProxyError::Timeout),
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, upstream = %upstream.authority, "upstream request failed");
+                match e {
+                    SendError::Unreachable(why) => {
+                        tracing::debug!(error = %why, upstream = %upstream.authority, "upstream request failed");
+                    }
+                    SendError::ConnectTimeout => {
+                        tracing::debug!(upstream = %upstream.authority, "connecting to the upstream timed out");
+                    }
+                }
                 return Err(ProxyError::Unreachable);
             }
             Ok(Ok(res)) => res,
@@ -121,13 +115,13 @@ impl Upstreams {
                 if let Some(p) = proto {
                     res.headers_mut().insert(header::UPGRADE, p);
                 }
-                return Ok(res.map(|b| b.map_err(Into::into).boxed()));
+                return Ok(res);
             }
             // A 101 nobody asked for cannot be relayed meaningfully.
             return Err(ProxyError::Unreachable);
         }
 
         headers::strip_hop_by_hop(res.headers_mut());
-        Ok(res.map(|b| b.map_err(Into::into).boxed()))
+        Ok(res)
     }
 }

@@ -1,0 +1,506 @@
+//! Kept-alive HTTP/1.1 connections to the upstreams.
+//!
+//! A thin pool of hyper's own `SendRequest` handles, one stack per upstream: a request
+//! takes the most recently used idle connection (its socket is warm), and the connection
+//! comes back when the response body has been read to its end. This replaces
+//! hyper-util's general-purpose client, whose checkout, connector and per-request
+//! futures were a third of the proxy's CPU time (BENCHMARKS.md).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+// tokio's clock, so that tests with paused time see connections age.
+use tokio::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::web::{Body, BoxError};
+
+/// Shorter than the keep-alive of common backends (Node's 5 s is the shortest usual
+/// one), so we rarely send on a connection the backend is just closing.
+pub const IDLE_TIMEOUT: Duration = Duration::from_millis(4500);
+const MAX_IDLE_PER_UPSTREAM: usize = 256;
+/// A pooled connection idle for longer than this may have been closed by the backend
+/// while our request was on the wire: an idempotent request without a body is kept
+/// so it can be sent once more on a new connection. Under load connections are reused
+/// within microseconds and skip that copy.
+const STALE_RISK_AFTER: Duration = Duration::from_millis(250);
+
+#[derive(Debug)]
+pub enum SendError {
+    /// The upstream refused, reset or closed the connection.
+    Unreachable(String),
+    /// Connecting took longer than the connect timeout.
+    ConnectTimeout,
+}
+
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    upstreams: HashMap<String, Arc<Idle>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    reaper_started: AtomicBool,
+}
+
+/// Idle connections to one upstream, the most recently used last.
+#[derive(Default)]
+struct Idle(Mutex<Vec<IdleConnection>>);
+
+struct IdleConnection {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+impl Idle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<IdleConnection>> {
+        // The critical sections only push and pop; a panic inside one cannot leave the
+        // list half-changed, so a poisoned lock is still a good lock.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn give_back(&self, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < MAX_IDLE_PER_UPSTREAM {
+            idle.push(IdleConnection {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+impl Pool {
+    /// `authorities` are the `host:port` of every configured upstream.
+    pub fn new<'a>(
+        authorities: impl IntoIterator<Item = &'a str>,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
+        let upstreams = authorities
+            .into_iter()
+            .map(|a| (a.to_string(), Arc::new(Idle::default())))
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                upstreams,
+                connect_timeout,
+                idle_timeout,
+                reaper_started: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Sends `req` to `authority`, on a pooled connection when one is idle. A request
+    /// that never left (the pooled connection had closed) is sent again on a new
+    /// connection, and so is an idempotent request without a body when a connection that
+    /// sat idle breaks before answering — the stale keep-alive race.
+    pub async fn send(
+        &self,
+        authority: &str,
+        req: Request<Body>,
+        upgrade: bool,
+    ) -> Result<Response<Body>, SendError> {
+        self.start_reaper();
+        let home = self.inner.upstreams.get(authority);
+        // An upgraded connection becomes a tunnel and never returns to the pool.
+        let pooled = match home {
+            Some(idle) if !upgrade => self.checkout(idle).await,
+            _ => None,
+        };
+        let Some((mut sender, idle_for)) = pooled else {
+            let sender = self.connect(authority).await?;
+            return self
+                .send_on(sender, req, home, upgrade)
+                .await
+                .map_err(|mut e| {
+                    SendError::Unreachable(e.take_message().map_or_else(
+                        || e.error().to_string(),
+                        |_| "the new connection closed before the request was sent".into(),
+                    ))
+                });
+        };
+
+        let copy = (idle_for >= STALE_RISK_AFTER
+            && is_idempotent(req.method())
+            && req.body().is_end_stream())
+        .then(|| head_copy(&req));
+        let first = sender.try_send_request(req).await;
+        match first {
+            Ok(res) => Ok(wrap(res, home.cloned(), sender)),
+            Err(mut e) => {
+                let again = match (e.take_message(), copy) {
+                    (Some(unsent), _) => unsent,
+                    (None, Some(copy)) if !e.error().is_timeout() => copy,
+                    (None, _) => return Err(SendError::Unreachable(e.into_error().to_string())),
+                };
+                tracing::debug!(error = %e.error(), upstream = %authority, "pooled connection broke; sending once more on a new one");
+                drop(sender);
+                let fresh = self.connect(authority).await?;
+                self.send_on(fresh, again, home, false)
+                    .await
+                    .map_err(|e| SendError::Unreachable(e.into_error().to_string()))
+            }
+        }
+    }
+
+    async fn send_on(
+        &self,
+        mut sender: SendRequest<Body>,
+        req: Request<Body>,
+        home: Option<&Arc<Idle>>,
+        upgrade: bool,
+    ) -> Result<Response<Body>, hyper::client::conn::TrySendError<Request<Body>>> {
+        let res = sender.try_send_request(req).await?;
+        let home = if upgrade { None } else { home.cloned() };
+        Ok(wrap(res, home, sender))
+    }
+
+    /// The most recently used idle connection that is still open and ready.
+    async fn checkout(&self, idle: &Idle) -> Option<(SendRequest<Body>, Duration)> {
+        loop {
+            let candidate = idle.lock().pop()?;
+            let idle_for = candidate.since.elapsed();
+            let mut sender = candidate.sender;
+            if idle_for >= self.inner.idle_timeout || sender.is_closed() {
+                continue;
+            }
+            if !sender.is_ready() {
+                // The connection task has not yet seen the previous response out; it
+                // will in a moment, or report that the connection closed.
+                let ready = tokio::time::timeout(self.inner.connect_timeout, sender.ready());
+                if !matches!(ready.await, Ok(Ok(()))) {
+                    continue;
+                }
+            }
+            return Some((sender, idle_for));
+        }
+    }
+
+    async fn connect(&self, authority: &str) -> Result<SendRequest<Body>, SendError> {
+        let connect = async {
+            let stream = match authority.parse::<std::net::SocketAddr>() {
+                Ok(addr) => TcpStream::connect(addr).await,
+                Err(_) => TcpStream::connect(authority).await,
+            }?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(stream)
+        };
+        let stream = match tokio::time::timeout(self.inner.connect_timeout, connect).await {
+            Err(_) => return Err(SendError::ConnectTimeout),
+            Ok(Err(e)) => return Err(SendError::Unreachable(e.to_string())),
+            Ok(Ok(stream)) => stream,
+        };
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Unreachable(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Closes connections idle past the idle timeout even when no request comes to
+    /// reuse them, so we never hold a backend's socket open for long.
+    fn start_reaper(&self) {
+        if self.inner.reaper_started.load(Ordering::Relaxed)
+            || self.inner.reaper_started.swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let every = self.inner.idle_timeout / 4;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                for idle in inner.upstreams.values() {
+                    idle.lock().retain(|c| {
+                        c.since.elapsed() < inner.idle_timeout && !c.sender.is_closed()
+                    });
+                }
+            }
+        });
+    }
+
+    #[cfg(test)]
+    fn idle_count(&self, authority: &str) -> usize {
+        self.inner.upstreams[authority].lock().len()
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn head_copy(req: &Request<Body>) -> Request<Body> {
+    let mut copy = Request::new(crate::web::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+fn wrap(
+    res: Response<Incoming>,
+    home: Option<Arc<Idle>>,
+    sender: SendRequest<Body>,
+) -> Response<Body> {
+    let mut body = ReturnsConnection {
+        body: None,
+        home: home.map(|h| (h, sender)),
+    };
+    let (parts, incoming) = res.into_parts();
+    if incoming.is_end_stream() {
+        // No body to read (204, 304, HEAD, `Content-Length: 0`): nothing will poll it.
+        body.give_back();
+    }
+    body.body = Some(incoming);
+    Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
+}
+
+/// The upstream's response body; at its end the connection goes back to the pool. A body
+/// dropped before its end (the client went away) drops the connection with it: the rest
+/// of that response is still on the wire.
+struct ReturnsConnection {
+    body: Option<Incoming>,
+    home: Option<(Arc<Idle>, SendRequest<Body>)>,
+}
+
+impl ReturnsConnection {
+    fn give_back(&mut self) {
+        if let Some((idle, sender)) = self.home.take() {
+            idle.give_back(sender);
+        }
+    }
+}
+
+impl HttpBody for ReturnsConnection {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(body) = this.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.give_back(),
+            Poll::Ready(Some(Ok(_))) if body.is_end_stream() => this.give_back(),
+            Poll::Ready(Some(Err(_))) => this.home = None,
+            _ => {}
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn get(authority: &str, path: &str) -> Request<Body> {
+        Request::builder()
+            .uri(format!("http://{authority}{path}"))
+            .header(http::header::HOST, authority)
+            .body(crate::web::empty())
+            .unwrap()
+    }
+
+    async fn hello(pool: &Pool, authority: &str) -> String {
+        let res = pool.send(authority, get(authority, "/"), false).await;
+        read_all(res.unwrap()).await
+    }
+
+    async fn read_all(res: Response<Body>) -> String {
+        let bytes = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Upstream {
+        KeepAlive,
+        /// Closes every connection right after answering but still announces keep-alive:
+        /// the stale-connection race made certain.
+        CloseAfterEach,
+        /// Answers the first request on a connection; reads the second and hangs up
+        /// without answering, as a backend closing an idle connection just as a request
+        /// arrives does.
+        HangUpOnSecond,
+    }
+
+    struct Counts {
+        connections: AtomicUsize,
+        posts: AtomicUsize,
+    }
+
+    /// An upstream that answers `hello` and counts connections and POSTs received.
+    async fn upstream(mode: Upstream) -> (String, Arc<Counts>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        let counts = Arc::new(Counts {
+            connections: AtomicUsize::new(0),
+            posts: AtomicUsize::new(0),
+        });
+        let seen_by_upstream = counts.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let counts = seen_by_upstream.clone();
+                counts.connections.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    let mut requests = 0;
+                    loop {
+                        let Ok(n) = s.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = seen.drain(..end + 4).collect();
+                            requests += 1;
+                            if head.starts_with(b"POST") {
+                                counts.posts.fetch_add(1, Ordering::SeqCst);
+                            }
+                            if mode == Upstream::HangUpOnSecond && requests == 2 {
+                                return;
+                            }
+                            let reply =
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\nhello";
+                            if s.write_all(reply).await.is_err() {
+                                return;
+                            }
+                            if mode == Upstream::CloseAfterEach {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (authority, counts)
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_one_after_another() {
+        let (authority, counts) = upstream(Upstream::KeepAlive).await;
+        let pool = Pool::new([authority.as_str()], Duration::from_secs(1), IDLE_TIMEOUT);
+        for _ in 0..20 {
+            assert_eq!(hello(&pool, &authority).await, "hello");
+        }
+        assert_eq!(counts.connections.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(&authority), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_left_unread_does_not_return_its_connection() {
+        let (authority, counts) = upstream(Upstream::KeepAlive).await;
+        let pool = Pool::new([authority.as_str()], Duration::from_secs(1), IDLE_TIMEOUT);
+        let res = pool
+            .send(&authority, get(&authority, "/"), false)
+            .await
+            .unwrap();
+        drop(res);
+        assert_eq!(pool.idle_count(&authority), 0);
+        assert_eq!(hello(&pool, &authority).await, "hello");
+        assert_eq!(counts.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_backend_closed_while_idle_is_not_used() {
+        let (authority, counts) = upstream(Upstream::CloseAfterEach).await;
+        let pool = Pool::new([authority.as_str()], Duration::from_secs(1), IDLE_TIMEOUT);
+        for round in 0..5 {
+            assert_eq!(hello(&pool, &authority).await, "hello", "round {round}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(counts.connections.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_get_the_backend_hung_up_on_is_sent_again_once() {
+        let (authority, counts) = upstream(Upstream::HangUpOnSecond).await;
+        let pool = Pool::new([authority.as_str()], Duration::from_secs(1), IDLE_TIMEOUT);
+        for round in 0..3 {
+            assert_eq!(hello(&pool, &authority).await, "hello", "round {round}");
+            // Past the stale-risk age, so the request is kept for a second try.
+            tokio::time::sleep(STALE_RISK_AFTER + Duration::from_millis(20)).await;
+        }
+        assert_eq!(counts.connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_post_the_backend_may_have_acted_on_is_never_sent_twice() {
+        let (authority, counts) = upstream(Upstream::HangUpOnSecond).await;
+        let pool = Pool::new([authority.as_str()], Duration::from_secs(1), IDLE_TIMEOUT);
+        assert_eq!(hello(&pool, &authority).await, "hello");
+        tokio::time::sleep(STALE_RISK_AFTER + Duration::from_millis(20)).await;
+        // Without a body, so only the method tells it apart from a GET.
+        let mut post = get(&authority, "/");
+        *post.method_mut() = Method::POST;
+        post.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, "0".parse().unwrap());
+        let sent = pool.send(&authority, post, false).await;
+        assert!(matches!(sent, Err(SendError::Unreachable(_))), "{sent:?}");
+        assert_eq!(counts.posts.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_the_idle_timeout() {
+        let (authority, _) = upstream(Upstream::KeepAlive).await;
+        let idle_timeout = Duration::from_millis(200);
+        let pool = Pool::new([authority.as_str()], Duration::from_secs(1), idle_timeout);
+        assert_eq!(hello(&pool, &authority).await, "hello");
+        assert_eq!(pool.idle_count(&authority), 1);
+        tokio::time::sleep(idle_timeout * 2).await;
+        assert_eq!(pool.idle_count(&authority), 0);
+    }
+}
