@@ -205,8 +205,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: StoreCommand::Import,
         } => admin(
             &cli.config,
-            read_stdin_all("portcullis store import < backup.jsonl")
-                .map(|text| Request::new(AdminCommand::StoreImport, Some(text))),
+            read_stdin_all(
+                "portcullis store import < backup.jsonl",
+                crate::admin::MAX_IMPORT_BYTES,
+            )
+            .map(|text| Request::new(AdminCommand::StoreImport, Some(text))),
         ),
     }
 }
@@ -295,7 +298,10 @@ fn user_request(command: UserCommand) -> Result<Request, String> {
         }
         UserCommand::Import { file } => {
             let text = if file.as_os_str() == "-" {
-                read_stdin_all("portcullis user import - < users.csv")?
+                read_stdin_all(
+                    "portcullis user import - < users.csv",
+                    crate::admin::MAX_INPUT_BYTES,
+                )?
             } else {
                 read_file_limited(&file)?
             };
@@ -315,7 +321,7 @@ fn read_file_limited(path: &Path) -> Result<String, String> {
         .read_to_end(&mut bytes)
         .map_err(|e| format!("{} could not be read: {e}.", path.display()))?;
     if bytes.len() > crate::admin::MAX_INPUT_BYTES {
-        return Err(crate::admin::too_large());
+        return Err(crate::admin::too_large(crate::admin::MAX_INPUT_BYTES));
     }
     String::from_utf8(bytes).map_err(|_| {
         format!(
@@ -325,9 +331,9 @@ fn read_file_limited(path: &Path) -> Result<String, String> {
     })
 }
 
-/// Reads all of standard input (at most `MAX_INPUT_BYTES`, UTF-8). Refuses a terminal:
+/// Reads all of standard input (at most `limit` bytes, UTF-8). Refuses a terminal:
 /// the data is meant to be piped in, as `example` shows.
-fn read_stdin_all(example: &str) -> Result<String, String> {
+fn read_stdin_all(example: &str, limit: usize) -> Result<String, String> {
     use std::io::{IsTerminal, Read};
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
@@ -338,11 +344,11 @@ fn read_stdin_all(example: &str) -> Result<String, String> {
     let mut bytes = Vec::new();
     stdin
         .lock()
-        .take(crate::admin::MAX_INPUT_BYTES as u64 + 1)
+        .take(limit as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("Standard input could not be read: {e}."))?;
-    if bytes.len() > crate::admin::MAX_INPUT_BYTES {
-        return Err(crate::admin::too_large());
+    if bytes.len() > limit {
+        return Err(crate::admin::too_large(limit));
     }
     String::from_utf8(bytes).map_err(|_| "Standard input is not UTF-8 text.".to_string())
 }

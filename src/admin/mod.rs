@@ -26,8 +26,20 @@ use format::{AuditJson, UserJson};
 
 /// Version of the socket protocol; a request of another version is refused with a message.
 pub const PROTOCOL_VERSION: u32 = 1;
-/// Largest stdin payload (a CSV file, an export) a command takes, in bytes.
+/// Largest CSV file `user import` takes, in bytes; a bigger list can be split, since
+/// each import adds to the store.
 pub const MAX_INPUT_BYTES: usize = 32 * 1024 * 1024;
+/// Largest export `store import` takes. An export cannot be split (it goes into an empty
+/// store in one piece) and a store with many sessions and a long audit trail is large.
+pub const MAX_IMPORT_BYTES: usize = 1024 * 1024 * 1024;
+
+/// The most input `command` takes.
+pub fn input_limit(command: &Command) -> usize {
+    match command {
+        Command::StoreImport => MAX_IMPORT_BYTES,
+        _ => MAX_INPUT_BYTES,
+    }
+}
 /// File name of the admin socket inside the data directory.
 pub const SOCKET_FILE: &str = "admin.sock";
 /// Default number of events `audit` shows.
@@ -178,8 +190,9 @@ pub async fn execute(
         ));
     }
     let input = request.input.take();
-    if input.as_ref().is_some_and(|i| i.len() > MAX_INPUT_BYTES) {
-        return Outcome::fail(too_large());
+    let limit = input_limit(&request.command);
+    if input.as_ref().is_some_and(|i| i.len() > limit) {
+        return Outcome::fail(too_large(limit));
     }
     let command = request.command.clone();
     let result = run_command(accounts, known_apps, command, input, actor).await;
@@ -189,11 +202,18 @@ pub async fn execute(
     }
 }
 
-pub(crate) fn too_large() -> String {
-    format!(
-        "The input is larger than {} MiB. Split it into smaller files and run the command once for each.",
-        MAX_INPUT_BYTES / (1024 * 1024)
-    )
+pub(crate) fn too_large(limit: usize) -> String {
+    if limit == MAX_IMPORT_BYTES {
+        format!(
+            "The export is larger than {} MiB, the most `store import` takes. Remove old audit events from it and try again.",
+            limit / (1024 * 1024)
+        )
+    } else {
+        format!(
+            "The input is larger than {} MiB. Split it into smaller files and run the command once for each.",
+            limit / (1024 * 1024)
+        )
+    }
 }
 
 /// The password line of a request: required, and never empty.
@@ -403,7 +423,7 @@ async fn run_command(
             return Ok(Outcome {
                 stdout: text,
                 stderr: format!(
-                    "Exported {lines} lines. The TOTP secrets in it are encrypted: keep the secret key (data/secret.key or PORTCULLIS_SECRET_KEY) with the backup, or they cannot be restored.\n"
+                    "Exported {lines} lines. The TOTP secrets in it are encrypted: back up the secret key (secret.key in the data directory, or PORTCULLIS_SECRET_KEY) too, but apart from this file, or they cannot be restored.\n"
                 ),
                 code: 0,
             });

@@ -17,12 +17,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{execute, Outcome, Request, MAX_INPUT_BYTES};
+use super::{execute, Outcome, Request, MAX_IMPORT_BYTES};
 use crate::accounts::{Accounts, Actor};
 
 /// Largest request read: the biggest input, JSON-escaped (at worst each byte doubles),
 /// plus room for the command.
-pub const MAX_REQUEST_BYTES: usize = 2 * MAX_INPUT_BYTES + 64 * 1024;
+pub const MAX_REQUEST_BYTES: usize = 2 * MAX_IMPORT_BYTES + 64 * 1024;
 /// Commands run at once; more connections wait in the listen backlog.
 const MAX_CONCURRENT: usize = 4;
 /// A client must have sent its whole request within this time.
@@ -222,7 +222,7 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, Outcome> {
     )
     .await;
     match read {
-        Ok(Ok(_)) if buf.len() > MAX_REQUEST_BYTES => Err(Outcome::fail(super::too_large())),
+        Ok(Ok(_)) if buf.len() > MAX_REQUEST_BYTES => Err(Outcome::fail(super::too_large(MAX_IMPORT_BYTES))),
         Ok(Ok(_)) => serde_json::from_slice::<Request>(&buf).map_err(|e| {
             Outcome::fail(format!(
                 "The server could not read this admin request ({e}). Use the portcullis binary of the same version as the server."

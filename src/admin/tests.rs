@@ -402,3 +402,49 @@ fn a_store_held_by_a_process_without_a_socket_is_reported_as_in_use() {
     );
     assert_eq!(out.stderr.lines().count(), 1);
 }
+
+#[tokio::test]
+async fn an_export_larger_than_a_csv_limit_still_imports() {
+    // A store with a long audit trail exports to more than 32 MiB; an export cannot be
+    // split (it only goes into an empty store), so `store import` must take it whole.
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&config(dir.path()));
+    assert_eq!(
+        execute(&a, &apps(), add_request("alice"), Actor::Cli)
+            .await
+            .code,
+        0
+    );
+    let export = run(&a, Command::StoreExport, None).await.stdout;
+    let mut text = String::with_capacity(MAX_INPUT_BYTES + (2 << 20));
+    text.push_str(&export);
+    let detail = "x".repeat(4000);
+    let mut seq = 1_000u64;
+    while text.len() <= MAX_INPUT_BYTES {
+        seq += 1;
+        text.push_str(&format!(
+            "{{\"table\":\"audit\",\"seq\":{seq},\"at\":{NOW},\"actor\":\"cli\",\"action\":\"user.add\",\"user\":\"alice\",\"target\":null,\"outcome\":\"ok\",\"detail\":\"{detail}\",\"ip\":null}}\n"
+        ));
+    }
+    // A fresh data directory with the same secret key: the export's canary is sealed
+    // with it.
+    let first = config(dir.path());
+    drop(a);
+    let fresh = tempfile::tempdir().unwrap();
+    let cfg = config(fresh.path());
+    std::fs::create_dir_all(&cfg.server.data_dir).unwrap();
+    std::fs::copy(
+        first.server.data_dir.join("secret.key"),
+        cfg.server.data_dir.join("secret.key"),
+    )
+    .unwrap();
+    let b = open(&cfg);
+    let out = run(&b, Command::StoreImport, Some(&text)).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let trail = b.audit_trail(Some("alice"), 5).unwrap();
+    assert_eq!(trail[0].detail.as_deref(), Some(detail.as_str()));
+    // Past the export limit the refusal says what to do instead of splitting.
+    let huge = Request::new(Command::StoreImport, Some(String::new()));
+    assert!(input_limit(&huge.command) > MAX_INPUT_BYTES);
+    assert!(!too_large(MAX_IMPORT_BYTES).contains("Split"));
+}
