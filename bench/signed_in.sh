@@ -101,12 +101,15 @@ nginx_conf "$WORK/front" "$NGINX_PORT" "$(nproc)" "
 
 # Only /static/* is public: /index.html needs a signed-in session. The sign-in rate limit
 # is lifted so the flood below reaches Argon2 (as attempts from many addresses would).
+# header_read_timeout is also how long an idle keep-alive connection is kept (10 s by
+# default); 60 s lets the idle connections of part D outlast the measurement.
 pc_config() { # data_dir
     cat <<EOF
 [server]
 listen = "127.0.0.1:$PC_PORT"
 auth_url = "http://login.localhost:$PC_PORT"
 data_dir = "$1"
+header_read_timeout = "60s"
 
 [security]
 login_rate_per_minute = 100000000

@@ -183,11 +183,20 @@ impl PublicOrigin {
         }
         let (host, port) = split_host_port(authority)
             .ok_or_else(|| format!("\"{raw}\" does not have a valid host and port"))?;
-        Ok(PublicOrigin {
+        let origin = PublicOrigin {
             scheme,
             host,
             port: port.unwrap_or(scheme.default_port()),
-        })
+        };
+        // Return addresses after sign-in are checked against these origins with the
+        // browser's stricter rules; a host only this parser accepted (an `_`, an empty
+        // label) would make its app unreachable after sign-in instead of failing here.
+        if crate::auth::Origin::parse(&origin.to_string()).is_err() {
+            return Err(format!(
+                "\"{raw}\": the host must be letters, digits and '-' in dot-separated labels (no '_'), as browsers require"
+            ));
+        }
+        Ok(origin)
     }
 
     /// `host` or `host:port` when the port is not the scheme's default — what a browser
@@ -987,6 +996,16 @@ public_paths = ["/healthz", "/static/*"]
         let e = parse(&format!("{GOOD}\n[session]\nidle_timeout = \"an hour\"\n")).unwrap_err();
         assert!(e.contains("idle_timeout") || e.contains("line 15"), "{e}");
         assert!(e.contains("an hour"), "{e}");
+    }
+
+    #[test]
+    fn a_public_host_browsers_would_refuse_is_a_config_error() {
+        for bad in ["http://my_portal.localhost:8080", "http://a..b:8080"] {
+            let text = GOOD.replacen("http://portal.localhost:8080", bad, 1);
+            assert_ne!(text, GOOD);
+            let e = parse(&text).unwrap_err();
+            assert!(e.contains("app[0].url") && e.contains("no '_'"), "{e}");
+        }
     }
 
     #[test]

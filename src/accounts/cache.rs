@@ -3,7 +3,7 @@
 //! revocation generation it was verified under, and any sign-out, reset, disable, grant
 //! change or deletion moves that generation on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -38,55 +38,73 @@ pub struct SignedIn {
 }
 
 pub struct SessionCache {
-    shards: Vec<Mutex<HashMap<[u8; 32], Arc<SignedIn>>>>,
+    shards: Vec<Mutex<Shard>>,
 }
+
+/// Entries and the order they were verified in: the longest-verified entry goes first
+/// when the shard is full, in constant time. (Scanning the shard for the entry nearest
+/// its end cost a tenth of the CPU time with 100,000 sessions in rotation.)
+#[derive(Default)]
+struct Shard {
+    entries: HashMap<[u8; 32], Arc<SignedIn>>,
+    /// May still name entries removed since; those are skipped.
+    order: VecDeque<[u8; 32]>,
+}
+
+const SHARD_CAPACITY: usize = MAX_ENTRIES / SHARDS;
 
 impl Default for SessionCache {
     fn default() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
         }
     }
 }
 
 impl SessionCache {
-    fn shard(&self, key: &[u8; 32]) -> &Mutex<HashMap<[u8; 32], Arc<SignedIn>>> {
+    fn shard(&self, key: &[u8; 32]) -> &Mutex<Shard> {
         // Keys are SHA-256 outputs: any byte is uniformly spread.
         &self.shards[key[0] as usize % SHARDS]
     }
 
     pub fn get(&self, key: &[u8; 32]) -> Option<Arc<SignedIn>> {
         let shard = self.shard(key).lock().ok()?;
-        shard.get(key).cloned()
+        shard.entries.get(key).cloned()
     }
 
     pub fn insert(&self, key: [u8; 32], entry: Arc<SignedIn>) {
         let Ok(mut shard) = self.shard(&key).lock() else {
             return;
         };
-        if shard.len() >= MAX_ENTRIES / SHARDS && !shard.contains_key(&key) {
-            // Drop the entry closest to its end: it is the one least likely to be used.
-            let victim = shard
-                .iter()
-                .min_by_key(|(_, e)| e.expires_at)
-                .map(|(k, _)| *k);
-            if let Some(v) = victim {
-                shard.remove(&v);
-            }
+        let shard = &mut *shard;
+        if shard.entries.insert(key, entry).is_some() {
+            return;
         }
-        shard.insert(key, entry);
+        shard.order.push_back(key);
+        while shard.entries.len() > SHARD_CAPACITY {
+            let Some(oldest) = shard.order.pop_front() else {
+                break;
+            };
+            shard.entries.remove(&oldest);
+        }
+        // Keys of removed entries linger in `order`; keep it from growing past twice
+        // the capacity.
+        if shard.order.len() > 2 * SHARD_CAPACITY {
+            let entries = &shard.entries;
+            shard.order.retain(|k| entries.contains_key(k));
+        }
     }
 
     pub fn remove(&self, key: &[u8; 32]) {
         if let Ok(mut shard) = self.shard(key).lock() {
-            shard.remove(key);
+            shard.entries.remove(key);
         }
     }
 
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .map(|s| s.lock().map(|m| m.entries.len()).unwrap_or(0))
             .sum()
     }
 
@@ -102,5 +120,93 @@ impl SignedIn {
 
     pub fn saw(&self, now: UnixSeconds) {
         self.last_seen.store(now, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::store::{UserId, UserStatus};
+
+    fn entry(expires_at: UnixSeconds) -> Arc<SignedIn> {
+        let v = HeaderValue::from_static("x");
+        Arc::new(SignedIn {
+            user: User {
+                id: UserId::random(),
+                name: "alice".into(),
+                email: "alice@example.com".into(),
+                display_name: "Alice".into(),
+                apps: Default::default(),
+                status: UserStatus::Active,
+                created_at: 0,
+                updated_at: 0,
+                password_hash: None,
+                totp: None,
+                pending_totp: None,
+                sessions_valid_after: 0,
+            },
+            app_id: "portal".into(),
+            parent_hash: [0; 32],
+            sid: String::new(),
+            auth_time: 0,
+            amr: vec![],
+            created_at: 0,
+            expires_at,
+            last_seen: AtomicI64::new(0),
+            generation: 0,
+            header_values: [v.clone(), v.clone(), v],
+            assertion: Mutex::new(None),
+        })
+    }
+
+    fn key(i: u32) -> [u8; 32] {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &i.to_le_bytes());
+        d.as_ref().try_into().unwrap()
+    }
+
+    #[test]
+    fn stays_bounded_and_keeps_what_was_just_verified() {
+        let cache = SessionCache::default();
+        let total = MAX_ENTRIES as u32 * 3;
+        for i in 0..total {
+            cache.insert(key(i), entry(1_000 + i64::from(i)));
+            // The entry just verified is always there for the request that follows.
+            assert!(cache.get(&key(i)).is_some(), "entry {i}");
+        }
+        assert!(cache.len() <= MAX_ENTRIES, "{}", cache.len());
+        // The longest-verified go first: the first third is gone, the latest are all kept.
+        assert!((0..MAX_ENTRIES as u32).all(|i| cache.get(&key(i)).is_none()));
+        assert!((total - MAX_ENTRIES as u32 / 2..total).all(|i| cache.get(&key(i)).is_some()));
+    }
+
+    #[test]
+    fn removed_entries_leave_room_and_nothing_else_is_evicted() {
+        // Keys that all land in one shard.
+        let k = |i: u32| {
+            let mut k = [0u8; 32];
+            k[1..5].copy_from_slice(&i.to_le_bytes());
+            k
+        };
+        let cache = SessionCache::default();
+        let full = SHARD_CAPACITY as u32;
+        for i in 0..full {
+            cache.insert(k(i), entry(0));
+        }
+        for i in 0..100 {
+            cache.remove(&k(i));
+        }
+        for i in full..full + 100 {
+            cache.insert(k(i), entry(0));
+        }
+        assert_eq!(cache.len(), SHARD_CAPACITY);
+        assert!((100..full + 100).all(|i| cache.get(&k(i)).is_some()));
+        // Churn through removals many times over: the order list stays bounded.
+        for i in 0..10 * full {
+            cache.remove(&k(i));
+            cache.insert(k(full + 100 + i), entry(0));
+        }
+        let order = cache.shards[0].lock().unwrap().order.len();
+        assert!(order <= 2 * SHARD_CAPACITY, "{order}");
     }
 }

@@ -553,7 +553,14 @@ impl Accounts {
             generation,
             header_values: [name, email, display],
             assertion: Mutex::new(None),
-            user,
+            // Only what identifies the person and decides access stays in memory; the
+            // credentials are not needed on the proxied path.
+            user: User {
+                password_hash: None,
+                totp: None,
+                pending_totp: None,
+                ..user
+            },
         });
         self.sessions.insert(key, signed_in.clone());
         Ok(Some(signed_in))

@@ -59,8 +59,9 @@ const META: TableDefinition<&str, Bin> = TableDefinition::new("meta_v1");
 const SCHEMA: TableDefinition<&str, u64> = TableDefinition::new("schema");
 const SCHEMA_VERSION: u64 = 1;
 
-/// Page cache: the store holds accounts and sessions, not bulk data.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Page cache: the store holds accounts and sessions, not bulk data, and the kernel keeps
+/// the file cached as well; a bigger cache only made the process larger (BENCHMARKS.md).
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 fn backend(e: impl Into<::redb::Error>) -> StoreError {
     StoreError::Backend(e.into().to_string())

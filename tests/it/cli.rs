@@ -118,12 +118,16 @@ impl Site {
 
     /// Starts `portcullis serve` and waits until its admin socket answers.
     fn start_server(&mut self) {
+        self.start_server_logging("warn", Stdio::null());
+    }
+
+    fn start_server_logging(&mut self, level: &str, log: Stdio) {
         let child = Command::new(BIN)
             .args(["serve", "-c"])
             .arg(&self.config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .env_remove("PORTCULLIS_SECRET_KEY")
-            .stdout(Stdio::null())
+            .stdout(log)
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
@@ -822,4 +826,38 @@ fn normalize_hides_only_what_differs_between_runs() {
     );
     assert_eq!(normalize("?token=abc-_DEF123 next"), "?token=<token> next");
     assert_eq!(normalize("short abc123"), "short abc123");
+}
+
+#[test]
+fn security_events_reach_the_server_log_as_well_as_the_audit_trail() {
+    let mut site = Site::new();
+    let log_path = site.dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    site.start_server_logging("info", Stdio::from(log));
+    site.run(&[
+        "user",
+        "add",
+        "alice",
+        "--email",
+        "alice@example.com",
+        "--app",
+        "portal",
+    ])
+    .ok();
+    site.run(&["user", "disable", "alice"]).ok();
+    assert_eq!(site.stop_server(), 0);
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("portcullis::audit") && l.contains("user.disable"))
+        .unwrap_or_else(|| panic!("no audit line for the disable in the log:\n{text}"));
+    assert!(
+        line.contains("alice") && line.contains("ok") && line.contains("socket"),
+        "{line}"
+    );
+    let trail = site
+        .run(&["audit", "--user", "alice", "--json"])
+        .ok()
+        .json();
+    assert_eq!(trail[0]["action"], "user.disable", "{trail}");
 }
