@@ -861,3 +861,71 @@ fn security_events_reach_the_server_log_as_well_as_the_audit_trail() {
         .json();
     assert_eq!(trail[0]["action"], "user.disable", "{trail}");
 }
+
+/// Sends one HTTP/1.1 request and returns the status line.
+fn raw_request(port: u16, head: &str) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line
+}
+
+#[test]
+fn the_access_log_has_one_line_per_request_and_no_secrets() {
+    let port = free_port();
+    let mut site = Site::on_port(port);
+    let log_path = site.dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    site.start_server_logging("info", Stdio::from(log));
+    // The portal's upstream is down: a 502, still one line naming the app.
+    let status = raw_request(
+        port,
+        &format!(
+            "GET /echo?q=app-query-secret HTTP/1.1\r\nHost: portal.localhost:{port}\r\nCookie: portcullis-app=cookie-secret; theirs=also-secret\r\nAuthorization: Bearer bearer-secret\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert!(status.contains("502"), "{status}");
+    let status = raw_request(
+        port,
+        &format!(
+            "GET /.portcullis/activate?token=token-secret HTTP/1.1\r\nHost: login.localhost:{port}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert!(status.starts_with("HTTP/1.1 "), "{status}");
+    assert_eq!(site.stop_server(), 0);
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("portcullis::access"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let portal = lines[0];
+    for part in [
+        "method=GET",
+        &format!("host=portal.localhost:{port}"),
+        "path=/echo",
+        "status=502",
+        "duration_ms=",
+        "app=\"portal\"",
+    ] {
+        assert!(portal.contains(part), "{part} missing: {portal}");
+    }
+    assert!(
+        lines[1].contains("path=/.portcullis/activate"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[1].contains("app=\"-\""), "{}", lines[1]);
+    for secret in [
+        "app-query-secret",
+        "cookie-secret",
+        "also-secret",
+        "bearer-secret",
+        "token-secret",
+    ] {
+        assert!(!text.contains(secret), "{secret} in the log:\n{text}");
+    }
+}
