@@ -10,16 +10,22 @@ use std::sync::{Arc, Mutex};
 use http::HeaderValue;
 
 use crate::clock::UnixSeconds;
-use crate::store::User;
+use crate::store::{UserId, UserStatus};
 
 const SHARDS: usize = 16;
 /// Bounds memory (an entry is well under 1 KiB): beyond this, the least useful entry is
 /// dropped and its session simply goes back to the store on its next request.
 pub const MAX_ENTRIES: usize = 16 * 1024;
 
-/// A signed-in person on one app, as verified against the store.
+/// A signed-in person on one app, as verified against the store. Only what the proxied
+/// path needs is kept, and nothing twice: with many sessions in use, the size of an
+/// entry decides how many fit in memory.
 pub struct SignedIn {
-    pub user: User,
+    pub user_id: UserId,
+    pub user_status: UserStatus,
+    pub sessions_valid_after: UnixSeconds,
+    /// Whether the user may use `app_id`; a grant change moves the generation on.
+    pub granted: bool,
     pub app_id: String,
     /// The auth-origin session this app session hangs off.
     pub parent_hash: [u8; 32],
@@ -31,7 +37,8 @@ pub struct SignedIn {
     pub expires_at: UnixSeconds,
     pub last_seen: AtomicI64,
     pub generation: u64,
-    /// Header values built once per sign-in rather than per request.
+    /// The user's name, e-mail and display name as header values, built once per
+    /// sign-in rather than per request. They are the UTF-8 bytes of the stored strings.
     pub header_values: [HeaderValue; 3],
     /// The last signed assertion and when it was issued, reused for part of its life.
     pub assertion: Mutex<Option<(HeaderValue, UnixSeconds)>>,
@@ -114,6 +121,15 @@ impl SessionCache {
 }
 
 impl SignedIn {
+    /// Name, e-mail and display name, read back from the header values.
+    pub fn person(&self) -> Option<[&str; 3]> {
+        let [a, b, c] = &self.header_values;
+        fn text(v: &HeaderValue) -> Option<&str> {
+            std::str::from_utf8(v.as_bytes()).ok()
+        }
+        Some([text(a)?, text(b)?, text(c)?])
+    }
+
     pub fn last_seen(&self) -> UnixSeconds {
         self.last_seen.load(Ordering::Relaxed)
     }
@@ -127,25 +143,14 @@ impl SignedIn {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::store::{UserId, UserStatus};
 
     fn entry(expires_at: UnixSeconds) -> Arc<SignedIn> {
         let v = HeaderValue::from_static("x");
         Arc::new(SignedIn {
-            user: User {
-                id: UserId::random(),
-                name: "alice".into(),
-                email: "alice@example.com".into(),
-                display_name: "Alice".into(),
-                apps: Default::default(),
-                status: UserStatus::Active,
-                created_at: 0,
-                updated_at: 0,
-                password_hash: None,
-                totp: None,
-                pending_totp: None,
-                sessions_valid_after: 0,
-            },
+            user_id: UserId::random(),
+            user_status: UserStatus::Active,
+            sessions_valid_after: 0,
+            granted: true,
             app_id: "portal".into(),
             parent_hash: [0; 32],
             sid: String::new(),

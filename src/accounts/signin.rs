@@ -473,7 +473,7 @@ impl Accounts {
         self.alive(session)
     }
 
-    fn alive(&self, session: Session) -> Result<Option<Verified>, StoreError> {
+    fn alive(&self, mut session: Session) -> Result<Option<Verified>, StoreError> {
         let Some(user) = self.store.user(&session.user_id)? else {
             return Ok(None);
         };
@@ -483,6 +483,8 @@ impl Accounts {
         }
         if now - session.last_seen >= TOUCH_INTERVAL {
             self.touch(&session.id_hash, now);
+            // So that what is built from this answer does not write it again soon.
+            session.last_seen = now;
         }
         Ok(Some(Verified { session, user }))
     }
@@ -542,6 +544,10 @@ impl Accounts {
             return Ok(None);
         };
         let signed_in = Arc::new(SignedIn {
+            user_id: user.id,
+            user_status: user.status,
+            sessions_valid_after: user.sessions_valid_after,
+            granted: user.apps.contains(app_id),
             app_id: app_id.to_string(),
             parent_hash: session.id_hash,
             sid: public_sid(&session.id_hash),
@@ -549,18 +555,10 @@ impl Accounts {
             amr: session.amr,
             created_at: session.created_at,
             expires_at: session.expires_at.min(child.expires_at),
-            last_seen: AtomicI64::new(session.last_seen.max(now - TOUCH_INTERVAL + 1).min(now)),
+            last_seen: AtomicI64::new(session.last_seen.min(now)),
             generation,
             header_values: [name, email, display],
             assertion: Mutex::new(None),
-            // Only what identifies the person and decides access stays in memory; the
-            // credentials are not needed on the proxied path.
-            user: User {
-                password_hash: None,
-                totp: None,
-                pending_totp: None,
-                ..user
-            },
         });
         self.sessions.insert(key, signed_in.clone());
         Ok(Some(signed_in))
@@ -577,8 +575,8 @@ impl Accounts {
     fn still_alive(&self, s: &SignedIn, now: UnixSeconds) -> bool {
         now < s.expires_at
             && now < s.last_seen().saturating_add(self.settings.idle_timeout)
-            && s.created_at >= s.user.sessions_valid_after
-            && s.user.status != UserStatus::Disabled
+            && s.created_at >= s.sessions_valid_after
+            && s.user_status != UserStatus::Disabled
     }
 
     /// A one-time code that carries a signed-in session to `app_id`'s own cookie.

@@ -132,7 +132,7 @@ pub fn strip(state: &AppState, req: &mut Request<Body>) {
 }
 
 fn authorize(identity: &crate::pages::Identity, app: &AppConfig) -> Result<(), Refusal> {
-    if identity.user.apps.contains(&app.id) {
+    if identity.granted && identity.app_id == app.id {
         Ok(())
     } else {
         Err(Refusal::Forbidden {

@@ -137,14 +137,16 @@ fn assertion(
             }
         }
     }
-    let user = &identity.user;
+    let Some([username, email, name]) = identity.person() else {
+        return Err(Refusal::Unavailable);
+    };
     let claims = AssertionClaims {
         iss: state.config.server.auth_url.to_string(),
         aud: app.id.clone(),
-        sub: user.id.to_string(),
-        preferred_username: user.name.clone(),
-        email: user.email.clone(),
-        name: user.display_name.clone(),
+        sub: identity.user_id.to_string(),
+        preferred_username: username.to_string(),
+        email: email.to_string(),
+        name: name.to_string(),
         iat: now,
         exp: now + ttl,
         auth_time: identity.auth_time,

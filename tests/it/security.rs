@@ -1031,3 +1031,44 @@ async fn a_code_that_signed_someone_in_is_refused_for_any_other_sign_in() {
         "{statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn proxied_requests_write_last_seen_at_most_once_a_minute() {
+    let s = setup().await;
+    let srv = &s.server;
+    let p = activate_and_sign_in(srv, "rosa", &["portal"]).await;
+    let url = format!("{}/x", srv.url("portal"));
+    assert_eq!(last(&p.browser.follow(&url).await).status, StatusCode::OK);
+    let cookie = p
+        .browser
+        .cookie("login.localhost", "portcullis-session")
+        .unwrap();
+    let parent = portcullis::auth::SecretToken::parse(&cookie)
+        .unwrap()
+        .hash();
+    let last_seen = || {
+        srv.accounts
+            .store
+            .session(&parent)
+            .unwrap()
+            .unwrap()
+            .last_seen
+    };
+
+    // A minute later, with the in-memory entry gone (any revocation drops them all),
+    // the request goes to the store and records the activity…
+    srv.clock.advance(61);
+    srv.accounts.store.delete_session(&[7; 32]).unwrap();
+    assert_eq!(p.browser.get_json(&url).await.status, StatusCode::OK);
+    let touched = srv.clock.now();
+    assert_eq!(last_seen(), touched);
+    // …and the requests of the next minute write nothing more.
+    for _ in 0..5 {
+        srv.clock.advance(10);
+        assert_eq!(p.browser.get_json(&url).await.status, StatusCode::OK);
+        assert_eq!(last_seen(), touched);
+    }
+    srv.clock.advance(10);
+    assert_eq!(p.browser.get_json(&url).await.status, StatusCode::OK);
+    assert_eq!(last_seen(), srv.clock.now());
+}
