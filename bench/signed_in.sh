@@ -256,7 +256,7 @@ log "C: proxied p99 during 50 concurrent wrong-password sign-ins"
 start_pc "$FIRST_CONFIG"
 quiet=$(run_wrk c-quiet "$PC_PORT" "$PC_PID" 16 "$DURATION" -H "Cookie: portcullis-app=$TOKEN")
 CSRF=$($CLIENT csrf "$PC_PORT")
-ORIGIN="http://login.localhost:$PC_PORT" CSRF="$CSRF" wrk -t1 -c50 -d"$((DURATION + 4))s" -H "Host: login.localhost:$PC_PORT" -s "$ROOT/bench/flood.lua" \
+ORIGIN="http://login.localhost:$PC_PORT" CSRF="$CSRF" wrk -t1 -c50 -d"$((DURATION + 4))s" --timeout 30s -H "Host: login.localhost:$PC_PORT" -s "$ROOT/bench/flood.lua" \
     "http://127.0.0.1:$PC_PORT/.portcullis/login" >"$WORK/wrk-flood.txt" &
 FLOOD=$!
 sleep 2

@@ -1,7 +1,8 @@
 //! Password hashing (Argon2id, PHC strings, bcrypt import) and the policy for new passwords.
 //!
-//! Hashing is deliberately slow, so it runs on tokio's blocking pool behind a semaphore: a
-//! flood of sign-ins queues up there instead of starving the threads that proxy traffic.
+//! Hashing is deliberately slow, so it runs on tokio's blocking pool behind a semaphore, at
+//! a lower CPU priority than everything else: a flood of sign-ins queues up there and gets
+//! the CPU time proxying leaves over, instead of starving the threads that proxy traffic.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -205,12 +206,21 @@ impl PasswordHasher {
             .await
             .map_err(|_| PasswordError::Interrupted)?;
         tokio::task::spawn_blocking(move || {
+            yield_cpu_to_proxying();
             let result = job();
             drop(permit);
             result
         })
         .await
         .map_err(|_| PasswordError::Interrupted)?
+    }
+
+    #[cfg(test)]
+    async fn on_hashing_thread<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, PasswordError> {
+        self.run_blocking(move || Ok(job())).await
     }
 
     fn verify_blocking(
@@ -293,6 +303,31 @@ impl PasswordHasher {
         let _ = Argon2::default().verify_password(pw, dummy.as_str());
         Ok(())
     }
+}
+
+/// Niceness of the threads that hash passwords. On Linux niceness is per thread; 10 gives
+/// the proxy's threads (at 0) roughly ten times the CPU share when both want it. It is
+/// lowered once per blocking-pool thread and never raised again (that needs privileges);
+/// other blocking jobs that later run on such a thread (admin commands) are not urgent.
+const HASHING_NICENESS: libc::c_int = 10;
+
+fn yield_cpu_to_proxying() {
+    thread_local! {
+        static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    LOWERED.with(|lowered| {
+        if !lowered.replace(true) {
+            #[cfg(target_os = "linux")]
+            // SAFETY: plain system calls on the calling thread; no memory is shared.
+            unsafe {
+                let tid = libc::gettid() as libc::id_t;
+                let current = libc::getpriority(libc::PRIO_PROCESS, tid);
+                if current < HASHING_NICENESS {
+                    libc::setpriority(libc::PRIO_PROCESS, tid, HASHING_NICENESS);
+                }
+            }
+        }
+    });
 }
 
 fn hash_blocking(params: &Params, password: &Password) -> Result<String, PasswordError> {
@@ -401,6 +436,28 @@ mod tests {
 
     fn pw(s: &str) -> Password {
         Password::new(s)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_runs_below_the_proxys_cpu_priority() {
+        let h = hasher();
+        // SAFETY: reads the calling thread's niceness.
+        let niceness = || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as _) };
+        let proxying = niceness();
+        let hashing = h.on_hashing_thread(niceness).await.unwrap();
+        assert!(
+            hashing >= HASHING_NICENESS && hashing > proxying.min(HASHING_NICENESS - 1),
+            "hashing at {hashing}, proxying at {proxying}"
+        );
+        // Hashing still works at that priority.
+        let stored = h.hash(pw("correct horse battery")).await.unwrap();
+        assert!(
+            h.verify(pw("correct horse battery"), Some(&stored))
+                .await
+                .unwrap()
+                .ok
+        );
     }
 
     #[tokio::test]
