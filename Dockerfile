@@ -14,7 +14,9 @@ WORKDIR /src
 
 # Dependencies first, in their own layer: it is rebuilt only when Cargo.toml or
 # Cargo.lock change, not on every source edit.
+# .cargo/config.toml sets the `tokio_unstable` cfg (src/server/runtime.rs).
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \

@@ -425,9 +425,7 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    Ok(crate::server::runtime::build()?)
 }
 
 pub fn init_logging(format: LogFormat) {

@@ -321,9 +321,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let listener = bind(DEMO_PORT)?;
     init_logging();
     crate::cli::install_crypto_provider();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::server::runtime::build()?;
     runtime.block_on(async {
         let demo = Demo::start(listener, Path::new(".")).await?;
         let user = demo.ensure_demo_user().await?;

@@ -1,6 +1,7 @@
 //! The public listener: TCP (and TLS), HTTP/1.1 and HTTP/2, client timeouts, and graceful
 //! shutdown. It knows nothing about sign-in; every request goes to [`crate::gate::handle`].
 
+pub mod runtime;
 mod stall;
 pub mod tls;
 
