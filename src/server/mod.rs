@@ -1,6 +1,7 @@
 //! The public listener: TCP (and TLS), HTTP/1.1 and HTTP/2, client timeouts, and graceful
 //! shutdown. It knows nothing about sign-in; every request goes to [`crate::gate::handle`].
 
+mod idle;
 pub mod runtime;
 mod stall;
 pub mod tls;
@@ -256,14 +257,20 @@ async fn serve_io<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = stall::StallTimeout::new(io, state.config.server.send_timeout);
-    let service_state = state.clone();
-    let service = service_fn(move |req| {
-        let state = service_state.clone();
-        async move { Ok::<_, Infallible>(gate::handle(state, req, conn).await) }
-    });
     let io = TokioIo::new(io);
     let server = &state.config.server;
     if h2 {
+        let activity = idle::Activity::new();
+        let service_state = state.clone();
+        let requests = activity.clone();
+        let service = service_fn(move |req| {
+            let state = service_state.clone();
+            let requests = requests.clone();
+            async move {
+                let res = gate::handle(state, req, conn).await;
+                Ok::<_, Infallible>(res.map(|body| requests.track(body)))
+            }
+        });
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -276,9 +283,16 @@ async fn serve_io<I>(
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+            // The same limit as an idle HTTP/1.1 keep-alive connection's.
+            () = activity.idle_for(server.header_read_timeout) => conn.as_mut().graceful_shutdown(),
         }
         let _ = conn.await;
     } else {
+        let service_state = state.clone();
+        let service = service_fn(move |req| {
+            let state = service_state.clone();
+            async move { Ok::<_, Infallible>(gate::handle(state, req, conn).await) }
+        });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())

@@ -663,6 +663,45 @@ async fn http2_over_tls_with_alpn() {
     assert!(res.headers().contains_key("strict-transport-security"));
 }
 
+/// HTTP/2 gets the idle limit HTTP/1.1 keep-alive has (`header_read_timeout`): a
+/// connection with no request open is closed after it, one sending a slow body is not.
+#[tokio::test]
+async fn idle_http2_connections_are_closed_busy_ones_are_not() {
+    let s = setup_with("header_read_timeout = \"500ms\"", "").await;
+    let tcp = tokio::net::TcpStream::connect(s.server.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(executor(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let closed = tokio::spawn(async move {
+        let _ = conn.await;
+        Instant::now()
+    });
+    let get = |path: &str| {
+        Request::builder()
+            .uri(format!("{}{path}", s.server.url("portal")))
+            .body(body_from(""))
+            .unwrap()
+    };
+    // /stream sends three chunks 400 ms apart: longer than the idle limit.
+    let res = sender.send_request(get("/stream")).await.unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "chunk0;chunk1;chunk2;");
+    // Still open for new requests: it was not shut down while the body was being sent.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let res = sender.send_request(get("/echo")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.into_body().collect().await.unwrap();
+    let last_answer = Instant::now();
+
+    let closed_at = tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("an idle HTTP/2 connection must be closed")
+        .unwrap();
+    assert!(closed_at - last_answer >= Duration::from_millis(400));
+}
+
 #[tokio::test]
 async fn config_errors_name_the_key_and_nothing_starts() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,154 @@
+//! When an HTTP/2 connection counts as idle.
+//!
+//! hyper ends an idle HTTP/1.1 connection through its header-read timeout, but gives
+//! HTTP/2 none: its keep-alive pings only check that the peer is alive, so a client could
+//! hold a connection (and its buffers) open forever. Here a connection counts its open
+//! requests — open until the response body has ended or been dropped — and reports
+//! when none has been open for the idle timeout.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+// tokio's clock, so that tests with paused time can run the timeout.
+use tokio::time::Instant;
+
+use crate::web::{Body, BoxError};
+
+pub struct Activity {
+    open: AtomicUsize,
+    /// When `open` last changed.
+    since: Mutex<Instant>,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            since: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// A request has started; it stays open until `body` (its response's) ends.
+    pub fn track(self: &Arc<Self>, body: Body) -> Body {
+        self.change(|open| open + 1);
+        http_body_util::BodyExt::boxed(Tracked {
+            body,
+            activity: Some(self.clone()),
+        })
+    }
+
+    fn change(&self, f: impl FnOnce(usize) -> usize) {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        let open = self.open.load(Ordering::Relaxed);
+        self.open.store(f(open), Ordering::Relaxed);
+        *since = Instant::now();
+    }
+
+    fn snapshot(&self) -> (usize, Instant) {
+        let since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        (self.open.load(Ordering::Relaxed), *since)
+    }
+
+    /// Completes once no request has been open for `timeout`.
+    pub async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let (open, since) = self.snapshot();
+            if open > 0 {
+                // Busy: look again later; the timeout runs from when the last one ends.
+                tokio::time::sleep(timeout).await;
+                continue;
+            }
+            let deadline = since + timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// A response body that keeps its request counted as open until it ends or is dropped.
+struct Tracked {
+    body: Body,
+    activity: Option<Arc<Activity>>,
+}
+
+impl Tracked {
+    fn close(&mut self) {
+        if let Some(activity) = self.activity.take() {
+            activity.change(|open| open.saturating_sub(1));
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.body.is_end_stream() {
+            self.close();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_only_after_the_last_body_has_ended() {
+        let activity = Activity::new();
+        let body = activity.track(crate::web::full("hello"));
+        let started = Instant::now();
+        let waiting = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.idle_for(Duration::from_secs(10)).await }
+        });
+        // A body still being sent keeps the connection busy past the timeout.
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert!(!waiting.is_finished());
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, "hello");
+        let ended = Instant::now();
+        waiting.await.unwrap();
+        assert!(Instant::now() >= ended + Duration::from_secs(10));
+        assert!(Instant::now() - started < Duration::from_secs(50));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_body_closes_its_request() {
+        let activity = Activity::new();
+        drop(activity.track(crate::web::full("never read")));
+        assert_eq!(activity.snapshot().0, 0);
+        let started = Instant::now();
+        activity.idle_for(Duration::from_secs(10)).await;
+        assert!(Instant::now() - started <= Duration::from_secs(10));
+    }
+}
