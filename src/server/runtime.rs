@@ -20,9 +20,16 @@ pub fn build() -> std::io::Result<Runtime> {
     builder().build()
 }
 
+/// How many tasks a worker runs before it looks for new I/O events while it still has
+/// work queued (tokio's default is 61). Finishing more of the requests already in hand
+/// before taking on new ones shortened the tail: in 9 paired public-path runs the p99
+/// was lower with 200 in 8 (median about a quarter lower), throughput unchanged. A worker
+/// with nothing queued looks at once, whatever this is.
+const TASKS_BETWEEN_IO_POLLS: u32 = 200;
+
 fn builder() -> Builder {
     let mut builder = Builder::new_multi_thread();
-    builder.enable_all();
+    builder.enable_all().event_interval(TASKS_BETWEEN_IO_POLLS);
     #[cfg(tokio_unstable)]
     builder.disable_lifo_slot();
     builder
