@@ -266,7 +266,7 @@ NGINX_VER="$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
 WRK_VER="$( (wrk -v 2>&1 || true) | head -1 | awk '{print $1, $2}')"
 RUSTC_VER="$(rustc -V)"
 PC_REV="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [[ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
+if [[ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock .cargo 2>/dev/null)" ]]; then
     PC_REV="$PC_REV + uncommitted changes"
 fi
 

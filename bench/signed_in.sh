@@ -175,7 +175,7 @@ REPORT="$WORK/report.md"
 {
     echo "## Signed-in requests — $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "Machine: $(nproc) vCPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -sr); $("$NGINX" -v 2>&1 | sed 's/.*version: //'); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); Portcullis $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo '+changes'). Load average at start: $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "Machine: $(nproc) vCPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -sr); $("$NGINX" -v 2>&1 | sed 's/.*version: //'); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); Portcullis $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet -- src Cargo.toml Cargo.lock .cargo || echo ' + uncommitted changes to the code'). Load average at start: $(cut -d' ' -f1-3 /proc/loadavg)."
     echo
 } >"$REPORT"
 
