@@ -3,8 +3,8 @@
 //! hyper ends an idle HTTP/1.1 connection through its header-read timeout, but gives
 //! HTTP/2 none: its keep-alive pings only check that the peer is alive, so a client could
 //! hold a connection (and its buffers) open forever. Here a connection counts its open
-//! requests — open until the response body has ended or been dropped — and reports
-//! when none has been open for the idle timeout.
+//! requests — from their arrival until the response body has ended or been dropped —
+//! and reports when none has been open for the idle timeout.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,13 +33,10 @@ impl Activity {
         })
     }
 
-    /// A request has started; it stays open until `body` (its response's) ends.
-    pub fn track(self: &Arc<Self>, body: Body) -> Body {
+    /// A request has arrived; it stays open while the returned guard lives.
+    pub fn start(self: &Arc<Self>) -> Open {
         self.change(|open| open + 1);
-        http_body_util::BodyExt::boxed(Tracked {
-            body,
-            activity: Some(self.clone()),
-        })
+        Open(self.clone())
     }
 
     fn change(&self, f: impl FnOnce(usize) -> usize) {
@@ -72,24 +69,28 @@ impl Activity {
     }
 }
 
-/// A response body that keeps its request counted as open until it ends or is dropped.
+/// One open request.
+pub struct Open(Arc<Activity>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.change(|open| open.saturating_sub(1));
+    }
+}
+
+impl Open {
+    /// Keeps the request open until its response body ends or is dropped.
+    pub fn until_end_of(self, body: Body) -> Body {
+        http_body_util::BodyExt::boxed(Tracked {
+            body,
+            open: Some(self),
+        })
+    }
+}
+
 struct Tracked {
     body: Body,
-    activity: Option<Arc<Activity>>,
-}
-
-impl Tracked {
-    fn close(&mut self) {
-        if let Some(activity) = self.activity.take() {
-            activity.change(|open| open.saturating_sub(1));
-        }
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.close();
-    }
+    open: Option<Open>,
 }
 
 impl HttpBody for Tracked {
@@ -102,7 +103,7 @@ impl HttpBody for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         if matches!(polled, Poll::Ready(None)) || self.body.is_end_stream() {
-            self.close();
+            self.open = None;
         }
         polled
     }
@@ -123,9 +124,23 @@ mod tests {
     use http_body_util::BodyExt;
 
     #[tokio::test(start_paused = true)]
+    async fn a_request_waiting_for_its_response_is_not_idle() {
+        let activity = Activity::new();
+        let open = activity.start();
+        let idle = activity.idle_for(Duration::from_secs(10));
+        tokio::pin!(idle);
+        let waited = tokio::time::timeout(Duration::from_secs(30), idle.as_mut()).await;
+        assert!(waited.is_err(), "idle while a request was open");
+        drop(open);
+        let started = Instant::now();
+        idle.await;
+        assert!(Instant::now() - started >= Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn idle_only_after_the_last_body_has_ended() {
         let activity = Activity::new();
-        let body = activity.track(crate::web::full("hello"));
+        let body = activity.start().until_end_of(crate::web::full("hello"));
         let started = Instant::now();
         let waiting = tokio::spawn({
             let activity = activity.clone();
@@ -145,7 +160,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_dropped_body_closes_its_request() {
         let activity = Activity::new();
-        drop(activity.track(crate::web::full("never read")));
+        drop(
+            activity
+                .start()
+                .until_end_of(crate::web::full("never read")),
+        );
         assert_eq!(activity.snapshot().0, 0);
         let started = Instant::now();
         activity.idle_for(Duration::from_secs(10)).await;

@@ -265,10 +265,10 @@ async fn serve_io<I>(
         let requests = activity.clone();
         let service = service_fn(move |req| {
             let state = service_state.clone();
-            let requests = requests.clone();
+            let open = requests.start();
             async move {
                 let res = gate::handle(state, req, conn).await;
-                Ok::<_, Infallible>(res.map(|body| requests.track(body)))
+                Ok::<_, Infallible>(res.map(|body| open.until_end_of(body)))
             }
         });
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

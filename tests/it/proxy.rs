@@ -664,7 +664,8 @@ async fn http2_over_tls_with_alpn() {
 }
 
 /// HTTP/2 gets the idle limit HTTP/1.1 keep-alive has (`header_read_timeout`): a
-/// connection with no request open is closed after it, one sending a slow body is not.
+/// connection with no request open is closed after it; one waiting for a slow answer or
+/// sending a slow body is not.
 #[tokio::test]
 async fn idle_http2_connections_are_closed_busy_ones_are_not() {
     let s = setup_with("header_read_timeout = \"500ms\"", "").await;
@@ -683,6 +684,10 @@ async fn idle_http2_connections_are_closed_busy_ones_are_not() {
             .body(body_from(""))
             .unwrap()
     };
+    // An answer slower than the idle limit: the request is open while it waits.
+    let res = sender.send_request(get("/slow/900")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.into_body().collect().await.unwrap();
     // /stream sends three chunks 400 ms apart: longer than the idle limit.
     let res = sender.send_request(get("/stream")).await.unwrap();
     assert_eq!(res.version(), http::Version::HTTP_2);
