@@ -723,16 +723,15 @@ impl Accounts {
                 Some(format!("{n} records")),
                 None,
             ),
-            // A refusal goes to the log only: an event in the store's audit trail would
-            // make the empty store non-empty, and the corrected import would be refused.
-            Err(e) => tracing::info!(
-                target: "portcullis::audit",
-                actor = actor.as_str(),
-                action = "store.import",
-                user = "-",
-                outcome = "refused",
-                detail = %e,
-                ip = "-",
+            // Recorded like any refusal: audit events do not count against the empty
+            // store that an import needs.
+            Err(e) => self.audit(
+                actor,
+                "store.import",
+                None,
+                "refused",
+                Some(e.to_string()),
+                None,
             ),
         }
         result

@@ -755,6 +755,39 @@ async fn store_export_then_import_into_a_fresh_store_round_trips() {
     Accounts::open(&config, Arc::new(ManualClock::new(NOW))).unwrap();
 }
 
+/// The restore a person actually does: a new data directory, a mistyped command that is
+/// refused (and audited), then the import — which must still be taken.
+#[tokio::test]
+async fn store_import_after_a_refused_command_on_the_fresh_store_is_taken() {
+    let f = fixture();
+    add(&f.accounts, "alice", None).await;
+    let (text, _) = f.accounts.export_store().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    std::fs::create_dir_all(&config.server.data_dir).unwrap();
+    std::fs::copy(
+        f.config.server.data_dir.join("secret.key"),
+        config.server.data_dir.join("secret.key"),
+    )
+    .unwrap();
+    let fresh = Accounts::open(&config, Arc::new(ManualClock::new(NOW))).unwrap();
+    assert!(fresh.disable_user("alcie", Actor::Cli).is_err());
+    fresh.import_store(&text, Actor::Cli).unwrap();
+    assert_eq!(fresh.list_users().unwrap()[0].name, "alice");
+    let trail: Vec<(String, String)> = fresh
+        .store
+        .audit(None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.outcome))
+        .collect();
+    assert_eq!(trail[0], ("store.import".to_string(), "ok".to_string()));
+    assert_eq!(
+        trail[1],
+        ("user.disable".to_string(), "refused".to_string())
+    );
+}
+
 #[tokio::test]
 async fn store_import_with_another_secret_key_is_refused_and_imports_nothing() {
     let f = fixture();

@@ -168,7 +168,8 @@ pub trait Store: Send + Sync {
     fn export_jsonl(&self, out: &mut dyn Write) -> Result<u64, StoreError>;
     /// Reads a whole export, validates every line, then writes it all in one transaction.
     /// Refused with [`StoreError::NotEmpty`] unless the store holds no users, sessions,
-    /// invitations, hand-offs, failures or audit events (meta keys are overwritten).
+    /// invitations, hand-offs or failures (meta keys are overwritten). Audit events the
+    /// store already has are kept, after the imported ones.
     /// Returns the number of records imported.
     fn import_jsonl(&self, input: &mut dyn BufRead) -> Result<u64, StoreError>;
 }

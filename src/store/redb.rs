@@ -931,11 +931,6 @@ impl Store for RedbStore {
                     .open_table(FAILURES)
                     .map_err(backend)?
                     .is_empty()
-                    .map_err(backend)?
-                && txn
-                    .open_table(AUDIT)
-                    .map_err(backend)?
-                    .is_empty()
                     .map_err(backend)?;
             if !empty {
                 return Err(StoreError::NotEmpty);
@@ -991,10 +986,25 @@ impl Store for RedbStore {
             }
             {
                 let mut table = txn.open_table(AUDIT).map_err(backend)?;
+                // Events this store recorded before the import (a mistyped admin command,
+                // say) happened after the backup was made: they follow the imported ones.
+                let mut own = Vec::new();
+                for entry in table.iter().map_err(backend)? {
+                    let (_, v) = entry.map_err(backend)?;
+                    own.push(decode_record::<AuditV1, AuditEvent>(v.value())?);
+                }
+                table.retain(|_, _| false).map_err(backend)?;
+                let mut last = 0u64;
                 for (seq, e) in &snap.audit {
                     let bytes = encode_record(&AuditV1::new(*seq, e))?;
                     table.insert(*seq, bytes.as_slice()).map_err(backend)?;
+                    last = last.max(*seq);
                     count += 1;
+                }
+                for e in &own {
+                    last = last.saturating_add(1);
+                    let bytes = encode_record(&AuditV1::new(last, e))?;
+                    table.insert(last, bytes.as_slice()).map_err(backend)?;
                 }
             }
             {

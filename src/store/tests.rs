@@ -993,6 +993,34 @@ fn import_into_a_non_empty_store_is_refused_and_changes_nothing() {
     assert_eq!(export(dst.store.as_ref()), before);
 }
 
+/// A fresh store that has only audit events (an admin command refused before the
+/// import) still takes the backup; its own events follow the imported ones.
+#[test]
+fn import_keeps_the_stores_own_audit_events_after_the_imported_ones() {
+    let src = fixture();
+    populate(src.store.as_ref());
+    let text = export(src.store.as_ref());
+
+    let dst = fixture();
+    dst.store
+        .append_audit(event(T0 + 50, "user disable", Some("nobody")))
+        .unwrap();
+    dst.store.import_jsonl(&mut text.as_bytes()).unwrap();
+    let actions: Vec<String> = dst
+        .store
+        .audit(None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["user disable", "user add", "signin"]);
+    assert!(dst.store.user_by_name("alice").unwrap().is_some());
+    dst.store
+        .append_audit(event(T0 + 60, "after", None))
+        .unwrap();
+    assert_eq!(dst.store.audit(None, 1).unwrap()[0].action, "after");
+}
+
 #[test]
 fn import_with_one_bad_line_imports_nothing() {
     let src = fixture();
