@@ -17,14 +17,9 @@ use crate::store::{
     Invitation, NewUser, StoreError, User, UserStatus, META_SECRET_KEY_CANARY,
 };
 
-/// Upper bounds for the parameters of an imported hash: the same limits sign-in applies
-/// (`auth::password`), so an import never stores a hash nobody could sign in with.
-const MAX_IMPORT_M_KIB: u32 = 1024 * 1024;
-const MAX_IMPORT_T: u32 = 64;
-const MAX_IMPORT_P: u32 = 64;
-/// bcrypt's own minimum cost, and the highest cost sign-in accepts.
+/// bcrypt's own minimum cost. The upper bounds for imported hashes are the ones sign-in
+/// applies (`auth::password`), so an import never stores a hash nobody could sign in with.
 const MIN_BCRYPT_COST: u32 = 4;
-const MAX_BCRYPT_COST: u32 = 16;
 /// Longest audit detail written for a refused command (an import report can be long).
 const MAX_AUDIT_DETAIL: usize = 500;
 
@@ -957,10 +952,7 @@ fn check_argon2(hash: &str) -> Result<(), &'static str> {
         Version::try_from(v).map_err(|_| "unknown version")?;
     }
     let params = Params::try_from(&parsed).map_err(|_| "invalid parameters")?;
-    if params.m_cost() > MAX_IMPORT_M_KIB
-        || params.t_cost() > MAX_IMPORT_T
-        || params.p_cost() > MAX_IMPORT_P
-    {
+    if !auth::password::argon2_params_accepted(&params) {
         return Err("its parameters are too large");
     }
     if parsed.salt.is_none() {
@@ -982,7 +974,7 @@ fn check_bcrypt(hash: &str) -> Result<(), &'static str> {
         .get(4..6)
         .and_then(|c| c.parse().ok())
         .ok_or("no cost")?;
-    if !(MIN_BCRYPT_COST..=MAX_BCRYPT_COST).contains(&cost) {
+    if !(MIN_BCRYPT_COST..=auth::password::MAX_STORED_BCRYPT_COST).contains(&cost) {
         return Err("its cost is outside 4 to 16");
     }
     if !bytes[7..]

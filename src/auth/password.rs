@@ -28,11 +28,19 @@ const OUTPUT_LEN: usize = 32;
 /// Upper bounds for parameters found in a *stored* hash. Verification uses the stored
 /// parameters, so an imported hash claiming `m=4294967295` would otherwise let one sign-in
 /// allocate 4 TiB. Anything above these is treated as malformed.
+/// `user import` checks the same bounds, so it never stores a hash nobody could sign in with.
 const MAX_STORED_M_KIB: u32 = 1024 * 1024;
 const MAX_STORED_T: u32 = 64;
 const MAX_STORED_P: u32 = 64;
 /// bcrypt cost 16 already takes seconds; higher ones are not real deployments.
-const MAX_STORED_BCRYPT_COST: u32 = 16;
+pub const MAX_STORED_BCRYPT_COST: u32 = 16;
+
+/// Whether sign-in would verify against a stored Argon2 hash with these parameters.
+pub fn argon2_params_accepted(params: &Params) -> bool {
+    params.m_cost() <= MAX_STORED_M_KIB
+        && params.t_cost() <= MAX_STORED_T
+        && params.p_cost() <= MAX_STORED_P
+}
 
 /// Argon2id cost parameters (`[password]` in config.toml).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,10 +261,7 @@ impl PasswordHasher {
             None => Version::default(),
         };
         let params = Params::try_from(&parsed).ok()?;
-        if params.m_cost() > MAX_STORED_M_KIB
-            || params.t_cost() > MAX_STORED_T
-            || params.p_cost() > MAX_STORED_P
-        {
+        if !argon2_params_accepted(&params) {
             return None;
         }
         let out_len = parsed.hash.as_ref().map(|o| o.len());
