@@ -14,7 +14,7 @@ use crate::auth::{self, LockState, Password, PolicyError, SecretToken};
 use crate::clock::UnixSeconds;
 use crate::store::{
     validate_display_name, validate_email, validate_name, AuditEvent, ExportLine, Failures,
-    Invitation, NewUser, StoreError, User, UserStatus, META_SECRET_KEY_CANARY,
+    NewUser, StoreError, User, UserStatus, META_SECRET_KEY_CANARY,
 };
 
 /// bcrypt's own minimum cost. The upper bounds for imported hashes are the ones sign-in
@@ -265,29 +265,19 @@ impl Accounts {
             None => None,
         };
         let now = self.clock.now();
-        let user = self.store.create_user(NewUser {
-            name: name.to_string(),
-            email: email.to_string(),
-            display_name,
-            apps,
-            status: UserStatus::Invited,
-            password_hash,
-            now,
-        })?;
-        let invitation = Invitation {
-            token_hash: token.hash(),
-            user_id: user.id,
-            created_at: now,
-            expires_at: now.saturating_add(self.settings.invitation_ttl),
-            used_at: None,
-        };
-        if let Err(e) = self.store.create_invitation(invitation) {
-            // Leave the store as it was: no account without its link.
-            if let Err(undo) = self.store.delete_user(&user.id) {
-                tracing::error!(error = %undo, user = %user.name, "could not undo a half-made account");
-            }
-            return Err(e.into());
-        }
+        let user = self.store.create_invited_user(
+            NewUser {
+                name: name.to_string(),
+                email: email.to_string(),
+                display_name,
+                apps,
+                status: UserStatus::Invited,
+                password_hash,
+                now,
+            },
+            token.hash(),
+            now.saturating_add(self.settings.invitation_ttl),
+        )?;
         let url = self.activation_url(&token);
         Ok((user, url))
     }

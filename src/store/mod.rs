@@ -55,6 +55,14 @@ pub trait Store: Send + Sync {
     /// Creates an account with a fresh id. Names are unique case-insensitively
     /// ([`StoreError::Duplicate`]); name, e-mail, display name and app ids are validated.
     fn create_user(&self, new: NewUser) -> Result<User, StoreError>;
+    /// Creates an account and its activation invitation in one transaction: there is
+    /// never an invited account without its link, even after a crash.
+    fn create_invited_user(
+        &self,
+        new: NewUser,
+        token_hash: [u8; 32],
+        expires_at: UnixSeconds,
+    ) -> Result<User, StoreError>;
     fn user(&self, id: &UserId) -> Result<Option<User>, StoreError>;
     /// Case-insensitive.
     fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError>;

@@ -335,33 +335,75 @@ impl RedbStore {
     }
 }
 
+fn insert_new_user(txn: &WriteTransaction, user: &User) -> Result<(), StoreError> {
+    let mut names = txn.open_table(USER_NAMES).map_err(backend)?;
+    let key = name_key(&user.name);
+    if names.get(key.as_str()).map_err(backend)?.is_some() {
+        return Err(StoreError::Duplicate(user.name.clone()));
+    }
+    let mut users = txn.open_table(USERS).map_err(backend)?;
+    if users
+        .get(user.id.as_bytes().as_slice())
+        .map_err(backend)?
+        .is_some()
+    {
+        // 128 random bits do not collide; if they ever do, refuse rather than
+        // overwrite someone.
+        return Err(StoreError::Invalid(
+            "A fresh user id collided with an existing one. Try again.".into(),
+        ));
+    }
+    names
+        .insert(key.as_str(), user.id.as_bytes().as_slice())
+        .map_err(backend)?;
+    put_user(&mut users, user)
+}
+
+fn insert_invitation(txn: &WriteTransaction, invitation: &Invitation) -> Result<(), StoreError> {
+    if !user_exists(txn, &invitation.user_id)? {
+        return Err(StoreError::NotFound);
+    }
+    let mut table = txn.open_table(INVITATIONS).map_err(backend)?;
+    let key = invitation.token_hash.as_slice();
+    if table.get(key).map_err(backend)?.is_some() {
+        return Err(StoreError::Invalid(
+            "This invitation token exists already. Create a new invitation.".into(),
+        ));
+    }
+    let bytes = encode_record(&InvitationV1::from(invitation))?;
+    table.insert(key, bytes.as_slice()).map_err(backend)?;
+    Ok(())
+}
+
 impl Store for RedbStore {
     fn create_user(&self, new: NewUser) -> Result<User, StoreError> {
         let user = new.into_user();
         user.validate()?;
+        self.write(|txn| insert_new_user(txn, &user))?;
+        Ok(user)
+    }
+
+    fn create_invited_user(
+        &self,
+        new: NewUser,
+        token_hash: [u8; 32],
+        expires_at: UnixSeconds,
+    ) -> Result<User, StoreError> {
+        let created_at = new.now;
+        let user = new.into_user();
+        user.validate()?;
         self.write(|txn| {
-            let mut names = txn.open_table(USER_NAMES).map_err(backend)?;
-            let key = name_key(&user.name);
-            if names.get(key.as_str()).map_err(backend)?.is_some() {
-                return Err(StoreError::Duplicate(user.name.clone()));
-            }
-            let mut users = txn.open_table(USERS).map_err(backend)?;
-            if users
-                .get(user.id.as_bytes().as_slice())
-                .map_err(backend)?
-                .is_some()
-            {
-                // 128 random bits do not collide; if they ever do, refuse rather than
-                // overwrite someone.
-                return Err(StoreError::Invalid(
-                    "A fresh user id collided with an existing one. Try again.".into(),
-                ));
-            }
-            names
-                .insert(key.as_str(), user.id.as_bytes().as_slice())
-                .map_err(backend)?;
-            put_user(&mut users, &user)?;
-            Ok(())
+            insert_new_user(txn, &user)?;
+            insert_invitation(
+                txn,
+                &Invitation {
+                    token_hash,
+                    user_id: user.id,
+                    created_at,
+                    expires_at,
+                    used_at: None,
+                },
+            )
         })?;
         Ok(user)
     }
@@ -520,21 +562,7 @@ impl Store for RedbStore {
     }
 
     fn create_invitation(&self, invitation: Invitation) -> Result<(), StoreError> {
-        self.write(|txn| {
-            if !user_exists(txn, &invitation.user_id)? {
-                return Err(StoreError::NotFound);
-            }
-            let mut table = txn.open_table(INVITATIONS).map_err(backend)?;
-            let key = invitation.token_hash.as_slice();
-            if table.get(key).map_err(backend)?.is_some() {
-                return Err(StoreError::Invalid(
-                    "This invitation token exists already. Create a new invitation.".into(),
-                ));
-            }
-            let bytes = encode_record(&InvitationV1::from(&invitation))?;
-            table.insert(key, bytes.as_slice()).map_err(backend)?;
-            Ok(())
-        })
+        self.write(|txn| insert_invitation(txn, &invitation))
     }
 
     fn invitation(&self, token_hash: &[u8; 32]) -> Result<Option<Invitation>, StoreError> {

@@ -941,6 +941,29 @@ fn populate(store: &dyn Store) {
         .unwrap();
 }
 
+/// An invitation that cannot be stored takes its account with it: one transaction.
+#[test]
+fn an_invited_user_and_the_invitation_are_created_together_or_not_at_all() {
+    let f = fixture();
+    let store = f.store.as_ref();
+    let alice = store
+        .create_invited_user(new_user("alice"), sha256(b"link"), T0 + 86400)
+        .unwrap();
+    let invitation = store.invitation(&sha256(b"link")).unwrap().unwrap();
+    assert_eq!(invitation.user_id, alice.id);
+    assert_eq!(invitation.expires_at, T0 + 86400);
+    // The same token again: the invitation is refused, so no account for bob either.
+    assert!(store
+        .create_invited_user(new_user("bob"), sha256(b"link"), T0 + 86400)
+        .is_err());
+    assert!(store.user_by_name("bob").unwrap().is_none());
+    // And a name taken already refuses before any invitation is stored.
+    assert!(store
+        .create_invited_user(new_user("ALICE"), sha256(b"other"), T0 + 86400)
+        .is_err());
+    assert!(store.invitation(&sha256(b"other")).unwrap().is_none());
+}
+
 #[test]
 fn export_then_import_into_a_fresh_store_round_trips() {
     let src = fixture();

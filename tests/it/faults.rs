@@ -116,6 +116,15 @@ impl Store for FullDisk {
         self.check()?;
         self.inner.create_user(new)
     }
+    fn create_invited_user(
+        &self,
+        new: NewUser,
+        token_hash: [u8; 32],
+        expires_at: UnixSeconds,
+    ) -> Result<User, StoreError> {
+        self.check()?;
+        self.inner.create_invited_user(new, token_hash, expires_at)
+    }
     fn user(&self, id: &UserId) -> Result<Option<User>, StoreError> {
         self.inner.user(id)
     }
