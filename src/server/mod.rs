@@ -1,6 +1,7 @@
 //! The public listener: TCP (and TLS), HTTP/1.1 and HTTP/2, client timeouts, and graceful
 //! shutdown. It knows nothing about sign-in; every request goes to [`crate::gate::handle`].
 
+pub mod housekeeping;
 mod idle;
 pub mod runtime;
 mod stall;
@@ -148,6 +149,11 @@ impl Application {
                 },
             ));
         }
+        tokio::spawn(housekeeping::run(
+            state.accounts.clone(),
+            housekeeping::EVERY,
+            stop_rx.clone(),
+        ));
         // Each connection task holds a sender; when all are gone, the drain is complete.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         tokio::pin!(shutdown);

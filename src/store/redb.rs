@@ -688,7 +688,10 @@ impl Store for RedbStore {
     }
 
     fn purge_expired(&self, now: UnixSeconds) -> Result<usize, StoreError> {
-        let _bump = self.revoking();
+        // No revocation bump: the session cache never serves an entry past its
+        // `expires_at`, which is no later than that of the records it was made from, so
+        // nothing removed here can still be in use. (A bump would make every signed-in
+        // request re-read the store after each periodic sweep.)
         self.write(|txn| {
             let mut removed = 0;
             let mut tables = SessionTables::open(txn)?;

@@ -6,6 +6,7 @@ mod cli;
 mod docs;
 mod faults;
 mod helpers;
+mod housekeeping;
 mod metrics;
 mod proxy;
 mod security;

@@ -1,0 +1,45 @@
+//! Removes what has expired from the store: sessions past their lifetime (with their
+//! per-app children), unused sign-in hand-off codes and activation links. Nothing else
+//! deletes them, so without this the store would grow with every sign-in for as long as
+//! the server runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::accounts::Accounts;
+
+/// How often the store is swept; the first sweep runs at start.
+pub const EVERY: Duration = Duration::from_secs(10 * 60);
+
+/// Sweeps every `every` until `stop` says the server is stopping.
+pub async fn run(accounts: Arc<Accounts>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let accounts = accounts.clone();
+        // A write transaction that scans every session and ends in an fsync: not on a
+        // worker thread that is serving requests.
+        let swept =
+            tokio::task::spawn_blocking(move || accounts.store.purge_expired(accounts.clock.now()))
+                .await;
+        match swept {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                records = n,
+                "removed expired sessions, sign-in codes and activation links"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not remove expired records; trying again later")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the store sweep stopped unexpectedly; trying again later")
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Expired sessions, sign-in codes and activation links leave the store on their own.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis::accounts::Accounts;
+use portcullis::clock::{Clock, ManualClock, SystemClock};
+use portcullis::config::Config;
+use portcullis::store::{NewUser, Session, SessionState, User, UserStatus};
+
+use crate::helpers::*;
+
+fn user(accounts: &Accounts, name: &str) -> User {
+    accounts
+        .store
+        .create_user(NewUser {
+            name: name.into(),
+            email: format!("{name}@example.com"),
+            display_name: name.into(),
+            apps: ["portal".to_string()].into(),
+            status: UserStatus::Active,
+            password_hash: None,
+            now: accounts.clock.now(),
+        })
+        .unwrap()
+}
+
+fn session(user: &User, tag: u8, expires_at: i64) -> Session {
+    Session {
+        id_hash: [tag; 32],
+        user_id: user.id,
+        state: SessionState::Authenticated,
+        created_at: expires_at - 3600,
+        last_seen: expires_at - 3600,
+        expires_at,
+        auth_time: expires_at - 3600,
+        amr: vec!["pwd".into(), "otp".into()],
+        parent: None,
+        app: None,
+    }
+}
+
+async fn gone_within(accounts: &Accounts, id_hash: [u8; 32], limit: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if accounts.store.session(&id_hash).unwrap().is_none() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// The server sweeps the store when it starts: an expired session goes, a live one stays.
+#[tokio::test]
+async fn the_server_removes_expired_sessions_from_the_store() {
+    let portal = spawn_upstream("portal").await;
+    let analytics = spawn_upstream("analytics").await;
+    let server = start_server_with(
+        |port| config_text(port, portal.addr, analytics.addr, "", ""),
+        |accounts| {
+            let now = accounts.clock.now();
+            let alice = user(accounts, "alice");
+            accounts
+                .store
+                .put_session(session(&alice, 1, now - 1))
+                .unwrap();
+            accounts
+                .store
+                .put_session(session(&alice, 2, now + 3600))
+                .unwrap();
+        },
+    )
+    .await;
+    assert!(gone_within(&server.accounts, [1; 32], Duration::from_secs(5)).await);
+    assert!(server.accounts.store.session(&[2; 32]).unwrap().is_some());
+}
+
+/// And again on every round, until the server stops.
+#[tokio::test]
+async fn the_sweep_repeats_and_stops_with_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let any = "127.0.0.1:9".parse().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        config_text(1, any, any, "", ""),
+    )
+    .unwrap();
+    let config = Config::load(&dir.path().join("config.toml")).unwrap();
+    let clock = ManualClock::new(SystemClock.now());
+    let accounts = Arc::new(Accounts::open(&config, Arc::new(clock.clone())).unwrap());
+    let alice = user(&accounts, "alice");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sweeping = tokio::spawn(portcullis::server::housekeeping::run(
+        accounts.clone(),
+        Duration::from_millis(50),
+        stop_rx,
+    ));
+    for tag in 1..=3 {
+        let now = clock.now();
+        accounts
+            .store
+            .put_session(session(&alice, tag, now + 60))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(
+            accounts.store.session(&[tag; 32]).unwrap().is_some(),
+            "removed before it expired"
+        );
+        clock.advance(61);
+        assert!(gone_within(&accounts, [tag; 32], Duration::from_secs(5)).await);
+    }
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), sweeping)
+        .await
+        .expect("the sweep must stop with the server")
+        .unwrap();
+}
