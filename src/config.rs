@@ -94,6 +94,8 @@ pub struct SecurityConfig {
     pub failure_window: Duration,
     pub lockout: Duration,
     pub login_rate_per_minute: u32,
+    /// Audit events older than this are removed from the store.
+    pub audit_retention: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -454,6 +456,7 @@ struct RawSecurity {
     failure_window: ConfigDuration,
     lockout: ConfigDuration,
     login_rate_per_minute: u32,
+    audit_retention: ConfigDuration,
 }
 
 impl Default for RawSecurity {
@@ -463,6 +466,7 @@ impl Default for RawSecurity {
             failure_window: ConfigDuration(Duration::from_secs(600)),
             lockout: ConfigDuration(Duration::from_secs(900)),
             login_rate_per_minute: 30,
+            audit_retention: ConfigDuration(Duration::from_secs(365 * 86400)),
         }
     }
 }
@@ -803,11 +807,19 @@ impl Validator<'_> {
             self.problems
                 .push("security.login_rate_per_minute: must be at least 1".to_string());
         }
+        // A typo such as "1m" meant as a month would otherwise delete the whole trail.
+        if s.audit_retention.0 < Duration::from_secs(86400) {
+            self.problems.push(
+                "security.audit_retention: must be at least one day (\"1d\"); the default is \"365d\""
+                    .to_string(),
+            );
+        }
         let security = SecurityConfig {
             max_failures: s.max_failures,
             failure_window: self.duration("security.failure_window", s.failure_window),
             lockout: self.duration("security.lockout", s.lockout),
             login_rate_per_minute: s.login_rate_per_minute,
+            audit_retention: s.audit_retention.0,
         };
 
         if raw.app.is_empty() {
@@ -977,10 +989,28 @@ public_paths = ["/healthz", "/static/*"]
         assert_eq!(c.security.failure_window, Duration::from_secs(600));
         assert_eq!(c.security.lockout, Duration::from_secs(900));
         assert_eq!(c.security.login_rate_per_minute, 30);
+        assert_eq!(c.security.audit_retention, Duration::from_secs(365 * 86400));
         assert_eq!(c.apps[0].url.authority(), "portal.localhost:8080");
         assert_eq!(c.apps[0].upstream.authority, "127.0.0.1:9001");
         assert_eq!(c.apps[0].headers.user.as_str(), "x-portcullis-user");
         assert_eq!(c.server.data_dir, PathBuf::from("/tmp/data"));
+    }
+
+    #[test]
+    fn audit_retention_is_at_least_a_day() {
+        let with = |v: &str| {
+            GOOD.replace(
+                "[[app]]",
+                &format!("[security]\naudit_retention = \"{v}\"\n\n[[app]]"),
+            )
+        };
+        assert_eq!(
+            parse(&with("30d")).unwrap().security.audit_retention,
+            Duration::from_secs(30 * 86400)
+        );
+        let err = parse(&with("1m")).unwrap_err();
+        assert!(err.contains("security.audit_retention"), "{err}");
+        assert!(err.contains("at least one day"), "{err}");
     }
 
     #[test]

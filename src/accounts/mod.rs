@@ -53,6 +53,13 @@ pub enum AccountsError {
     WrongSecretKey,
 }
 
+/// What one [`Accounts::sweep`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub expired: usize,
+    pub audit_events: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct AccountSettings {
     pub min_password_length: usize,
@@ -64,6 +71,8 @@ pub struct AccountSettings {
     pub issuer: String,
     pub idle_timeout: i64,
     pub max_lifetime: i64,
+    /// Audit events older than this many seconds are removed by the periodic sweep.
+    pub audit_retention: i64,
 }
 
 pub struct Accounts {
@@ -137,7 +146,25 @@ impl Accounts {
                 issuer: config.totp.issuer.clone(),
                 idle_timeout: config.session.idle_timeout.as_secs() as i64,
                 max_lifetime: config.session.max_lifetime.as_secs() as i64,
+                audit_retention: i64::try_from(s.audit_retention.as_secs()).unwrap_or(i64::MAX),
             },
+        })
+    }
+
+    /// Removes what has expired: sessions, hand-off codes and activation links past their
+    /// end, and audit events older than the retention. Returns how many of each went.
+    pub fn sweep(&self) -> Result<Swept, StoreError> {
+        /// Bounds one transaction; a larger backlog goes over the next sweeps.
+        const MAX_AUDIT_EVENTS_PER_SWEEP: usize = 100_000;
+        let now = self.clock.now();
+        let expired = self.store.purge_expired(now)?;
+        let audit_events = self.store.prune_audit(
+            now.saturating_sub(self.settings.audit_retention),
+            MAX_AUDIT_EVENTS_PER_SWEEP,
+        )?;
+        Ok(Swept {
+            expired,
+            audit_events,
         })
     }
 

@@ -1,14 +1,14 @@
 //! Removes what has expired from the store: sessions past their lifetime (with their
-//! per-app children), unused sign-in hand-off codes and activation links. Nothing else
-//! deletes them, so without this the store would grow with every sign-in for as long as
-//! the server runs.
+//! per-app children), unused sign-in hand-off codes and activation links, and audit
+//! events older than `security.audit_retention`. Nothing else deletes them, so without
+//! this the store would grow with every sign-in for as long as the server runs.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::accounts::Accounts;
+use crate::accounts::{Accounts, Swept};
 
 /// How often the store is swept; the first sweep runs at start.
 pub const EVERY: Duration = Duration::from_secs(10 * 60);
@@ -25,14 +25,19 @@ pub async fn run(accounts: Arc<Accounts>, every: Duration, mut stop: watch::Rece
         let accounts = accounts.clone();
         // A write transaction that scans every session and ends in an fsync: not on a
         // worker thread that is serving requests.
-        let swept =
-            tokio::task::spawn_blocking(move || accounts.store.purge_expired(accounts.clock.now()))
-                .await;
+        let swept = tokio::task::spawn_blocking(move || accounts.sweep()).await;
         match swept {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(
-                records = n,
-                "removed expired sessions, sign-in codes and activation links"
+            Ok(Ok(Swept {
+                expired: 0,
+                audit_events: 0,
+            })) => {}
+            Ok(Ok(Swept {
+                expired,
+                audit_events,
+            })) => tracing::info!(
+                expired,
+                audit_events,
+                "removed expired sessions, sign-in codes and activation links, and audit events past their retention"
             ),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "could not remove expired records; trying again later")

@@ -134,6 +134,10 @@ pub trait Store: Send + Sync {
     /// Removes sessions, hand-offs and invitations whose `expires_at <= now`; returns how
     /// many records went.
     fn purge_expired(&self, now: UnixSeconds) -> Result<usize, StoreError>;
+    /// Removes audit events recorded before `before`, oldest first, at most `limit` of
+    /// them; returns how many went. Stops at the first event that is not older, so one
+    /// out of order (from an import) is kept until those before it have gone.
+    fn prune_audit(&self, before: UnixSeconds, limit: usize) -> Result<usize, StoreError>;
 
     // --- SSO hand-offs -----------------------------------------------------------------
 

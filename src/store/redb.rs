@@ -734,6 +734,25 @@ impl Store for RedbStore {
         })
     }
 
+    fn prune_audit(&self, before: UnixSeconds, limit: usize) -> Result<usize, StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(AUDIT).map_err(backend)?;
+            let mut old = Vec::new();
+            for entry in table.iter().map_err(backend)? {
+                let (k, v) = entry.map_err(backend)?;
+                let event = decode_record::<AuditV1, AuditEvent>(v.value())?;
+                if event.at >= before || old.len() >= limit {
+                    break;
+                }
+                old.push(k.value());
+            }
+            for seq in &old {
+                table.remove(*seq).map_err(backend)?;
+            }
+            Ok(old.len())
+        })
+    }
+
     fn put_handoff(&self, handoff: HandOff) -> Result<(), StoreError> {
         self.write(|txn| {
             let mut table = txn.open_table(HANDOFFS).map_err(backend)?;

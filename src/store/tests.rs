@@ -965,6 +965,36 @@ fn an_invited_user_and_the_invitation_are_created_together_or_not_at_all() {
 }
 
 #[test]
+fn audit_events_before_the_cutoff_are_pruned_oldest_first() {
+    let f = fixture();
+    let store = f.store.as_ref();
+    for (at, action) in [(T0, "a"), (T0 + 10, "b"), (T0 + 20, "c"), (T0 + 30, "d")] {
+        store.append_audit(event(at, action, None)).unwrap();
+    }
+    let left = |store: &dyn Store| -> Vec<String> {
+        let mut actions: Vec<String> = store
+            .audit(None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        actions.reverse();
+        actions
+    };
+    // At most `limit` per call.
+    assert_eq!(store.prune_audit(T0 + 25, 1).unwrap(), 1);
+    assert_eq!(left(store), ["b", "c", "d"]);
+    assert_eq!(store.prune_audit(T0 + 25, 100).unwrap(), 2);
+    assert_eq!(left(store), ["d"]);
+    // The cutoff itself is kept.
+    assert_eq!(store.prune_audit(T0 + 30, 100).unwrap(), 0);
+    assert_eq!(left(store), ["d"]);
+    // New events carry on after the pruned ones.
+    store.append_audit(event(T0 + 40, "e", None)).unwrap();
+    assert_eq!(left(store), ["d", "e"]);
+}
+
+#[test]
 fn export_then_import_into_a_fresh_store_round_trips() {
     let src = fixture();
     populate(src.store.as_ref());

@@ -200,6 +200,10 @@ impl Store for FullDisk {
     fn count_sessions(&self) -> Result<u64, StoreError> {
         self.inner.count_sessions()
     }
+    fn prune_audit(&self, before: UnixSeconds, limit: usize) -> Result<usize, StoreError> {
+        self.check()?;
+        self.inner.prune_audit(before, limit)
+    }
     fn purge_expired(&self, now: UnixSeconds) -> Result<usize, StoreError> {
         self.check()?;
         self.inner.purge_expired(now)

@@ -76,7 +76,7 @@ async fn the_server_removes_expired_sessions_from_the_store() {
     assert!(server.accounts.store.session(&[2; 32]).unwrap().is_some());
 }
 
-/// And again on every round, until the server stops.
+/// And again on every round, until the server stops; old audit events go too.
 #[tokio::test]
 async fn the_sweep_repeats_and_stops_with_the_server() {
     let dir = tempfile::tempdir().unwrap();
@@ -110,6 +110,26 @@ async fn the_sweep_repeats_and_stops_with_the_server() {
         clock.advance(61);
         assert!(gone_within(&accounts, [tag; 32], Duration::from_secs(5)).await);
     }
+    // Audit events go once they are older than `security.audit_retention` (365 days).
+    accounts.audit(
+        portcullis::accounts::Actor::Cli,
+        "user.add",
+        Some("alice"),
+        "ok",
+        None,
+        None,
+    );
+    let recorded = || accounts.store.audit(None, 10).unwrap().len();
+    assert_eq!(recorded(), 1);
+    clock.advance(364 * 86400);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(recorded(), 1, "removed before its retention ended");
+    clock.advance(2 * 86400);
+    let started = Instant::now();
+    while recorded() > 0 && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(recorded(), 0);
     stop_tx.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), sweeping)
         .await
