@@ -718,6 +718,20 @@ fn hostile_csv_never_panics() {
 
 // --- store export / import ---------------------------------------------------------------
 
+/// A new data directory holding a copy of `f`'s secret key: where a backup is restored.
+fn fresh_store_with_the_same_key(f: &Fixture) -> (tempfile::TempDir, Config, Accounts) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    std::fs::create_dir_all(&config.server.data_dir).unwrap();
+    std::fs::copy(
+        f.config.server.data_dir.join("secret.key"),
+        config.server.data_dir.join("secret.key"),
+    )
+    .unwrap();
+    let fresh = Accounts::open(&config, Arc::new(ManualClock::new(NOW))).unwrap();
+    (dir, config, fresh)
+}
+
 #[tokio::test]
 async fn store_export_then_import_into_a_fresh_store_round_trips() {
     let f = fixture();
@@ -729,14 +743,7 @@ async fn store_export_then_import_into_a_fresh_store_round_trips() {
     assert!(lines > 3);
     assert!(!text.contains(GOOD));
 
-    // A fresh data directory with the same secret key.
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
-    std::fs::create_dir_all(&config.server.data_dir).unwrap();
-    let key = f.config.server.data_dir.join("secret.key");
-    let copy = config.server.data_dir.join("secret.key");
-    std::fs::copy(&key, &copy).unwrap();
-    let fresh = Accounts::open(&config, Arc::new(ManualClock::new(NOW))).unwrap();
+    let (_dir, config, fresh) = fresh_store_with_the_same_key(&f);
     let count = fresh.import_store(&text, Actor::Cli).unwrap();
     assert!(count > 3);
     let names = |acc: &Accounts| -> Vec<(String, UserStatus, bool)> {
@@ -762,15 +769,7 @@ async fn store_import_after_a_refused_command_on_the_fresh_store_is_taken() {
     let f = fixture();
     add(&f.accounts, "alice", None).await;
     let (text, _) = f.accounts.export_store().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
-    std::fs::create_dir_all(&config.server.data_dir).unwrap();
-    std::fs::copy(
-        f.config.server.data_dir.join("secret.key"),
-        config.server.data_dir.join("secret.key"),
-    )
-    .unwrap();
-    let fresh = Accounts::open(&config, Arc::new(ManualClock::new(NOW))).unwrap();
+    let (_dir, _, fresh) = fresh_store_with_the_same_key(&f);
     assert!(fresh.disable_user("alcie", Actor::Cli).is_err());
     fresh.import_store(&text, Actor::Cli).unwrap();
     assert_eq!(fresh.list_users().unwrap()[0].name, "alice");
