@@ -699,26 +699,11 @@ impl Accounts {
     /// Returns the number of records imported.
     pub fn import_store(&self, text: &str, actor: Actor) -> Result<u64, AdminError> {
         let result = self.import_store_inner(text);
-        match &result {
-            Ok(n) => self.audit(
-                actor,
-                "store.import",
-                None,
-                "ok",
-                Some(format!("{n} records")),
-                None,
-            ),
-            // Recorded like any refusal: audit events do not count against the empty
-            // store that an import needs.
-            Err(e) => self.audit(
-                actor,
-                "store.import",
-                None,
-                "refused",
-                Some(e.to_string()),
-                None,
-            ),
-        }
+        // Refusals too: audit events do not count against the empty store an import
+        // needs. `record` shortens the reason, which can quote a line of the backup.
+        self.record(actor, "store.import", None, &result, |n| {
+            Some(format!("{n} records"))
+        });
         result
     }
 

@@ -375,6 +375,52 @@ fn insert_invitation(txn: &WriteTransaction, invitation: &Invitation) -> Result<
     Ok(())
 }
 
+/// Records removed per write transaction by the sweeps.
+const PURGE_BATCH: usize = 1000;
+
+/// The keys of the records in one table whose `expires_at` has passed. Records that
+/// cannot be read are passed over.
+fn expired_keys<R, T>(
+    table: &impl ReadableTable<Bin, Bin>,
+    now: UnixSeconds,
+) -> Result<Vec<[u8; 32]>, StoreError>
+where
+    R: serde::de::DeserializeOwned,
+    T: TryFrom<R, Error = StoreError> + Expires,
+{
+    let mut keys = Vec::new();
+    for entry in table.iter().map_err(backend)? {
+        let (k, v) = entry.map_err(backend)?;
+        let expired = decode_record::<R, T>(v.value()).is_ok_and(|r| r.expires_at() <= now);
+        if let (true, Ok(key)) = (expired, <[u8; 32]>::try_from(k.value())) {
+            keys.push(key);
+        }
+    }
+    Ok(keys)
+}
+
+trait Expires {
+    fn expires_at(&self) -> UnixSeconds;
+}
+
+impl Expires for Session {
+    fn expires_at(&self) -> UnixSeconds {
+        self.expires_at
+    }
+}
+
+impl Expires for HandOff {
+    fn expires_at(&self) -> UnixSeconds {
+        self.expires_at
+    }
+}
+
+impl Expires for Invitation {
+    fn expires_at(&self) -> UnixSeconds {
+        self.expires_at
+    }
+}
+
 impl Store for RedbStore {
     fn create_user(&self, new: NewUser) -> Result<User, StoreError> {
         let user = new.into_user();
@@ -692,65 +738,94 @@ impl Store for RedbStore {
         // `expires_at`, which is no later than that of the records it was made from, so
         // nothing removed here can still be in use. (A bump would make every signed-in
         // request re-read the store after each periodic sweep.)
-        self.write(|txn| {
-            let mut removed = 0;
-            let mut tables = SessionTables::open(txn)?;
-            let mut expired = Vec::new();
-            for entry in tables.sessions.iter().map_err(backend)? {
-                let (_, v) = entry.map_err(backend)?;
-                let s = decode_record::<SessionV1, Session>(v.value())?;
-                if s.expires_at <= now {
-                    expired.push(s.id_hash);
+        //
+        // Found in a read transaction, removed in small write transactions: the write
+        // lock is what sign-ins and last-seen updates wait for, so it is never held for
+        // a scan of the whole store. A record that cannot be read is left for `store
+        // export` to report rather than stopping every later sweep.
+        let (sessions, handoffs, invitations) = self.read(|txn| {
+            Ok((
+                expired_keys::<SessionV1, Session>(
+                    &txn.open_table(SESSIONS).map_err(backend)?,
+                    now,
+                )?,
+                expired_keys::<HandOffV1, HandOff>(
+                    &txn.open_table(HANDOFFS).map_err(backend)?,
+                    now,
+                )?,
+                expired_keys::<InvitationV1, Invitation>(
+                    &txn.open_table(INVITATIONS).map_err(backend)?,
+                    now,
+                )?,
+            ))
+        })?;
+        let mut removed = 0;
+        for batch in sessions.chunks(PURGE_BATCH) {
+            removed += self.write(|txn| {
+                let mut tables = SessionTables::open(txn)?;
+                let mut n = 0;
+                for h in batch {
+                    // Still expired: ids are never reused, but check rather than assume.
+                    if get_session(&tables.sessions, h)?.is_some_and(|s| s.expires_at <= now) {
+                        n += tables.remove(h)?;
+                    }
                 }
+                Ok(n)
+            })?;
+        }
+        for (definition, keys) in [(HANDOFFS, &handoffs), (INVITATIONS, &invitations)] {
+            for batch in keys.chunks(PURGE_BATCH) {
+                removed += self.write(|txn| {
+                    let mut table = txn.open_table(definition).map_err(backend)?;
+                    let mut n = 0;
+                    for key in batch {
+                        if table.remove(key.as_slice()).map_err(backend)?.is_some() {
+                            n += 1;
+                        }
+                    }
+                    Ok(n)
+                })?;
             }
-            for h in expired {
-                removed += tables.remove(&h)?;
-            }
-            drop(tables);
-
-            let mut handoffs = txn.open_table(HANDOFFS).map_err(backend)?;
-            for gone in handoffs
-                .extract_if(|_, v| {
-                    decode_record::<HandOffV1, HandOff>(v).is_ok_and(|h| h.expires_at <= now)
-                })
-                .map_err(backend)?
-            {
-                gone.map_err(backend)?;
-                removed += 1;
-            }
-            drop(handoffs);
-
-            let mut invitations = txn.open_table(INVITATIONS).map_err(backend)?;
-            for gone in invitations
-                .extract_if(|_, v| {
-                    decode_record::<InvitationV1, Invitation>(v).is_ok_and(|i| i.expires_at <= now)
-                })
-                .map_err(backend)?
-            {
-                gone.map_err(backend)?;
-                removed += 1;
-            }
-            Ok(removed)
-        })
+        }
+        Ok(removed)
     }
 
     fn prune_audit(&self, before: UnixSeconds, limit: usize) -> Result<usize, StoreError> {
-        self.write(|txn| {
-            let mut table = txn.open_table(AUDIT).map_err(backend)?;
-            let mut old = Vec::new();
-            for entry in table.iter().map_err(backend)? {
-                let (k, v) = entry.map_err(backend)?;
-                let event = decode_record::<AuditV1, AuditEvent>(v.value())?;
-                if event.at >= before || old.len() >= limit {
-                    break;
+        let mut pruned = 0;
+        while pruned < limit {
+            let batch = (limit - pruned).min(PURGE_BATCH);
+            let n = self.write(|txn| {
+                let mut table = txn.open_table(AUDIT).map_err(backend)?;
+                // The newest event always stays: new events number on from it, and a
+                // sequence that restarted at 1 would confuse anyone reading exports.
+                let Some(newest) = table.last().map_err(backend)?.map(|(k, _)| k.value()) else {
+                    return Ok(0);
+                };
+                let mut old = Vec::new();
+                for entry in table.iter().map_err(backend)? {
+                    let (k, v) = entry.map_err(backend)?;
+                    let seq = k.value();
+                    if seq == newest || old.len() >= batch {
+                        break;
+                    }
+                    match decode_record::<AuditV1, AuditEvent>(v.value()) {
+                        Ok(event) if event.at >= before => break,
+                        Ok(_) => old.push(seq),
+                        // Unreadable: its age is unknown, so it stays; look past it.
+                        Err(_) => continue,
+                    }
                 }
-                old.push(k.value());
+                for seq in &old {
+                    table.remove(*seq).map_err(backend)?;
+                }
+                Ok(old.len())
+            })?;
+            pruned += n;
+            if n < batch {
+                break;
             }
-            for seq in &old {
-                table.remove(*seq).map_err(backend)?;
-            }
-            Ok(old.len())
-        })
+        }
+        Ok(pruned)
     }
 
     fn put_handoff(&self, handoff: HandOff) -> Result<(), StoreError> {

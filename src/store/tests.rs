@@ -992,6 +992,12 @@ fn audit_events_before_the_cutoff_are_pruned_oldest_first() {
     // New events carry on after the pruned ones.
     store.append_audit(event(T0 + 40, "e", None)).unwrap();
     assert_eq!(left(store), ["d", "e"]);
+    // However old, the newest event stays, so the numbering never starts again at 1.
+    assert_eq!(store.prune_audit(T0 + 1000, 100).unwrap(), 1);
+    assert_eq!(left(store), ["e"]);
+    store.append_audit(event(T0 + 50, "f", None)).unwrap();
+    let text = export(store);
+    assert!(!text.contains(r#""seq":1,"#), "{text}");
 }
 
 #[test]
