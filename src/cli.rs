@@ -66,6 +66,18 @@ pub enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// The keys that sign the identity assertions.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Publish a new signing key now; it starts signing 10 minutes later, once apps
+    /// caching the JWKS have it. Works while the server runs.
+    Rotate,
 }
 
 #[derive(Subcommand, Debug)]
@@ -186,6 +198,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Health => {
             let config = load_config(&cli.config)?;
             runtime()?.block_on(health(&config))
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => {
+            let config = load_config(&cli.config)?;
+            refuse_unless_owner(&config.server.data_dir)?;
+            let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+            let next = crate::identity::KeyRing::begin_rotation(&config.server.data_dir, now)?;
+            println!(
+                "Published a new signing key, {}, in the JWKS. It signs the assertions from {} \
+                 on, when apps that cache the JWKS have fetched it. A running server picks it \
+                 up within a minute; nothing else to do.",
+                next.kid,
+                crate::admin::format::rfc3339(next.signs_from)
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::User { command } => admin(&cli.config, user_request(command)),
         Command::Audit { user, limit, json } => admin(
@@ -418,6 +446,25 @@ fn prompt_hidden(prompt: &str) -> Result<String, String> {
     stty("echo");
     eprintln!();
     line
+}
+
+/// Files this command writes must be readable by the server: a key made by root in the
+/// data directory of an unprivileged server would stop that server at its next start.
+fn refuse_unless_owner(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(data_dir) else {
+        return Ok(()); // Nothing there yet: what we create is ours, like the server's.
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        anyhow::bail!(
+            "{} belongs to another user (uid {}). Run this as that user, the one the server runs as, e.g. `sudo -u <that user> portcullis keys rotate`.",
+            data_dir.display(),
+            meta.uid()
+        );
+    }
+    Ok(())
 }
 
 fn load_config(path: &Path) -> anyhow::Result<Config> {

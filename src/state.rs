@@ -6,7 +6,7 @@ use http::HeaderName;
 
 use crate::accounts::Accounts;
 use crate::auth::{CsrfKey, Origin, RandomError, RateLimiter};
-use crate::identity::{IdentityError, KeyRing};
+use crate::identity::{IdentityError, LiveKeys};
 
 use crate::config::Config;
 use crate::error::Branding;
@@ -31,7 +31,7 @@ pub struct AppState {
     /// Every identity header name configured for any app, stripped from all requests.
     pub identity_header_names: Vec<HeaderName>,
     pub accounts: Arc<Accounts>,
-    pub keys: KeyRing,
+    pub keys: LiveKeys,
     /// Signs the CSRF token of each form; made fresh at every start.
     pub csrf_key: CsrfKey,
     /// Sign-in POSTs per client address (SPEC §5).
@@ -42,7 +42,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config, accounts: Arc<Accounts>) -> Result<Self, StartError> {
-        let keys = KeyRing::load_or_create(&config.server.data_dir, accounts.clock.now())?;
+        let keys = LiveKeys::load(&config.server.data_dir, accounts.clock.now())?;
         let https = config.server.auth_url.is_https();
         let mut form_targets: Vec<String> = config.apps.iter().map(|a| a.url.to_string()).collect();
         form_targets.push(config.server.auth_url.to_string());

@@ -1,9 +1,19 @@
 //! The ES256 signing keys on disk: created on first start, rotated on demand, the previous
 //! public keys kept in the JWKS for a day so assertions signed before a rotation still verify.
 //!
+//! A rotation (`portcullis keys rotate`) first only *publishes* the new key: it joins the
+//! JWKS at once but signs only [`PROMOTE_AFTER_SECS`] later, when every verifier that
+//! caches the JWKS (for up to 5 minutes, as we tell it to) has it. Whoever loads the keys
+//! after that moment — the running server within half a minute, or the next start —
+//! makes it the current key.
+//!
 //! Layout under `data_dir/signing-keys/` (directory 0700, files 0600):
-//! - `<kid>.p8` — the current private key, PKCS#8 v1 DER (RFC 5208);
-//! - `index.json` — which kid is current and the public keys of retired ones.
+//! - `<kid>.p8` — the current private key (and the next one during a rotation), PKCS#8
+//!   v1 DER (RFC 5208);
+//! - `index.json` — which kid is current, which is next, and the public keys of retired
+//!   ones;
+//! - `.lock` — held while the index is read and rewritten, so the command and a running
+//!   server never overwrite each other's changes.
 //!
 //! Retired keys keep only their public half in the index: nothing needs their private key
 //! once they no longer sign, so it is deleted at rotation.
@@ -33,14 +43,35 @@ const INDEX_FILE: &str = "index.json";
 pub const RETIRED_KEY_RETENTION_SECS: i64 = 24 * 60 * 60;
 /// Length of a kid: base64url of 8 bytes, no padding.
 const KID_LEN: usize = 11;
+/// How long a new key is published before it signs: the JWKS's `max-age` (300 s), the
+/// server's re-reading of the keys (30 s), and room to spare.
+pub const PROMOTE_AFTER_SECS: i64 = 10 * 60;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct IndexV1 {
     version: u32,
     current: String,
+    /// Published, not yet signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next: Option<NextKeyV1>,
     #[serde(default)]
     retired: Vec<RetiredKeyV1>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NextKeyV1 {
+    kid: String,
+    published_at: UnixSeconds,
+}
+
+/// A key published by [`KeyRing::begin_rotation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextKey {
+    pub kid: String,
+    /// When it starts to sign.
+    pub signs_from: UnixSeconds,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,7 +188,10 @@ fn read_index(path: &Path) -> Result<Option<IndexV1>, IdentityError> {
             index.version
         )));
     }
-    if !is_valid_kid(&index.current) || index.retired.iter().any(|r| !is_valid_kid(&r.kid)) {
+    if !is_valid_kid(&index.current)
+        || index.retired.iter().any(|r| !is_valid_kid(&r.kid))
+        || index.next.as_ref().is_some_and(|n| !is_valid_kid(&n.kid))
+    {
         return Err(bad("it names a key id that is not valid".into()));
     }
     Ok(Some(index))
@@ -169,6 +203,29 @@ fn write_index(path: &Path, index: &IndexV1) -> Result<(), IdentityError> {
     text.push(b'\n');
     replace_file(path, &text)?;
     Ok(())
+}
+
+/// Holds `signing-keys/.lock` until dropped.
+fn lock_keys(dir: &Path) -> Result<fs::File, IdentityError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(".lock");
+    let io = |source| CryptoError::Io {
+        path: path.clone(),
+        source,
+    };
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    // std's `File::lock` needs Rust 1.89; this crate builds with 1.88.
+    // SAFETY: `flock` only reads the descriptor, which `file` owns and keeps open.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } != 0 {
+        return Err(io(std::io::Error::last_os_error()).into());
+    }
+    Ok(file)
 }
 
 /// Generates a P-256 key and stores it as `<kid>.p8`; returns its kid.
@@ -191,26 +248,44 @@ fn create_key(dir: &Path) -> Result<String, IdentityError> {
 
 impl KeyRing {
     /// Loads the signing keys from `data_dir/signing-keys/`, creating the first key if there
-    /// is none. Retired keys older than [`RETIRED_KEY_RETENTION_SECS`] are dropped.
+    /// is none. A next key whose time has come becomes the current one; retired keys older
+    /// than [`RETIRED_KEY_RETENTION_SECS`] are dropped.
     pub fn load_or_create(data_dir: &Path, now: UnixSeconds) -> Result<Self, IdentityError> {
         create_data_dir(data_dir)?;
         let dir = keys_dir(data_dir);
         create_data_dir(&dir)?;
+        let _lock = lock_keys(&dir)?;
+        let index = Self::settle(&dir, now)?;
+        Self::from_index(&dir, &index)
+    }
+
+    /// The index as it should be at `now`, written back if that changed it. Call with the
+    /// lock held.
+    fn settle(dir: &Path, now: UnixSeconds) -> Result<IndexV1, IdentityError> {
         let index_path = dir.join(INDEX_FILE);
         let mut index = match read_index(&index_path)? {
             Some(index) => index,
             None => {
-                let kid = create_key(&dir)?;
+                let kid = create_key(dir)?;
                 let index = IndexV1 {
                     version: 1,
                     current: kid,
+                    next: None,
                     retired: Vec::new(),
                 };
                 write_index(&index_path, &index)?;
                 tracing::info!(kid = %index.current, "created a new assertion signing key");
-                index
+                return Ok(index);
             }
         };
+
+        let due = index
+            .next
+            .as_ref()
+            .is_some_and(|n| now >= n.published_at.saturating_add(PROMOTE_AFTER_SECS));
+        if let Some(next) = index.next.take_if(|_| due) {
+            Self::replace_current(dir, &mut index, next.kid, now)?;
+        }
 
         let before = index.retired.len();
         index
@@ -218,46 +293,107 @@ impl KeyRing {
             .retain(|r| now.saturating_sub(r.retired_at) < RETIRED_KEY_RETENTION_SECS);
         if index.retired.len() != before {
             // Dropping stale public keys is housekeeping: if the index cannot be rewritten
-            // now, they are left out of the JWKS anyway and dropped on a later start.
+            // now, they are left out of the JWKS anyway and dropped on a later load.
             if let Err(e) = write_index(&index_path, &index) {
                 tracing::warn!(error = %e, "could not rewrite the signing key index");
             }
         }
-        Self::from_index(&dir, &index)
+        Ok(index)
     }
 
-    /// Makes a new current key; the previous one stays published (public half only) for
-    /// [`RETIRED_KEY_RETENTION_SECS`]. Returns the new ring; a running server keeps
-    /// signing with the key it loaded until it loads again.
-    pub fn rotate(data_dir: &Path, now: UnixSeconds) -> Result<Self, IdentityError> {
-        let old = Self::load_or_create(data_dir, now)?;
+    /// Publishes a new key that starts signing [`PROMOTE_AFTER_SECS`] from `now`. Refused
+    /// while an earlier one is still waiting, so a key is never retired unpublished.
+    pub fn begin_rotation(data_dir: &Path, now: UnixSeconds) -> Result<NextKey, IdentityError> {
+        create_data_dir(data_dir)?;
         let dir = keys_dir(data_dir);
-        let index_path = dir.join(INDEX_FILE);
-        let mut index = read_index(&index_path)?.ok_or_else(|| IdentityError::BadIndex {
-            path: index_path.display().to_string(),
-            reason: "it disappeared during the rotation".into(),
-        })?;
+        create_data_dir(&dir)?;
+        let _lock = lock_keys(&dir)?;
+        let mut index = Self::settle(&dir, now)?;
+        if let Some(next) = &index.next {
+            return Err(IdentityError::RotationPending {
+                kid: next.kid.clone(),
+                signs_from: next.published_at.saturating_add(PROMOTE_AFTER_SECS),
+            });
+        }
+        let kid = create_key(&dir)?;
+        index.next = Some(NextKeyV1 {
+            kid: kid.clone(),
+            published_at: now,
+        });
+        write_index(&dir.join(INDEX_FILE), &index)?;
+        sync_dir(&dir)?;
+        tracing::info!(current = %index.current, next = %kid, "published a new assertion signing key");
+        Ok(NextKey {
+            kid,
+            signs_from: now.saturating_add(PROMOTE_AFTER_SECS),
+        })
+    }
+
+    /// `new_kid` (its key file written already) becomes the current key; the previous one
+    /// stays published, public half only, for [`RETIRED_KEY_RETENTION_SECS`]. Call with
+    /// the lock held.
+    fn replace_current(
+        dir: &Path,
+        index: &mut IndexV1,
+        new_kid: String,
+        now: UnixSeconds,
+    ) -> Result<(), IdentityError> {
+        let old = Self::from_index(dir, index)?;
         let (x, y) = coordinates(old.key_pair.public_key().as_ref())?;
-        let new_kid = create_key(&dir)?;
-        let mut retired = vec![RetiredKeyV1 {
-            kid: old.kid.clone(),
-            x,
-            y,
-            retired_at: now,
-        }];
-        retired.append(&mut index.retired);
-        index.current = new_kid.clone();
-        index.retired = retired;
+        index.retired.insert(
+            0,
+            RetiredKeyV1 {
+                kid: old.kid.clone(),
+                x,
+                y,
+                retired_at: now,
+            },
+        );
+        index.current = new_kid;
         // The index is the source of truth: once it names the new key, the old private
         // key is no longer needed. A crash before this line leaves an unused key file.
-        write_index(&index_path, &index)?;
-        let old_path = key_path(&dir, &old.kid);
+        write_index(&dir.join(INDEX_FILE), index)?;
+        let old_path = key_path(dir, &old.kid);
         if let Err(e) = fs::remove_file(&old_path) {
             tracing::warn!(path = %old_path.display(), error = %e, "could not delete the retired signing key");
         }
-        sync_dir(&dir)?;
-        tracing::info!(old = %old.kid, new = %new_kid, "rotated the assertion signing key");
+        sync_dir(dir)?;
+        tracing::info!(old = %old.kid, new = %index.current, "the new assertion signing key now signs");
+        Ok(())
+    }
+
+    /// Makes a new current key at once, without publishing it first. For tests that need
+    /// assertions from two keys; operators use [`Self::begin_rotation`].
+    #[cfg(test)]
+    pub(crate) fn rotate(data_dir: &Path, now: UnixSeconds) -> Result<Self, IdentityError> {
+        let dir = keys_dir(data_dir);
+        create_data_dir(data_dir)?;
+        create_data_dir(&dir)?;
+        let _lock = lock_keys(&dir)?;
+        let mut index = Self::settle(&dir, now)?;
+        let new_kid = create_key(&dir)?;
+        Self::replace_current(&dir, &mut index, new_kid, now)?;
         Self::from_index(&dir, &index)
+    }
+
+    /// The public half of the key in `<kid>.p8`, as JWK coordinates.
+    fn public_coordinates(dir: &Path, kid: &str) -> Result<(String, String), IdentityError> {
+        let path = key_path(dir, kid);
+        let der = read_key_file(&path)?;
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der).map_err(|_| {
+                IdentityError::BadKeyFile {
+                    path: path.display().to_string(),
+                    reason: "it is not a P-256 PKCS#8 private key".into(),
+                }
+            })?;
+        if kid_of(pair.public_key().as_ref()) != kid {
+            return Err(IdentityError::BadKeyFile {
+                path: path.display().to_string(),
+                reason: "the key in the file does not match its name".into(),
+            });
+        }
+        coordinates(pair.public_key().as_ref())
     }
 
     fn from_index(dir: &Path, index: &IndexV1) -> Result<Self, IdentityError> {
@@ -274,6 +410,10 @@ impl KeyRing {
             return Err(bad("the key in the file does not match its name"));
         }
         let (x, y) = coordinates(key_pair.public_key().as_ref())?;
+        let next = match &index.next {
+            Some(next) => Some((next.kid.as_str(), Self::public_coordinates(dir, &next.kid)?)),
+            None => None,
+        };
 
         let mut keys = vec![JwkOut {
             kty: "EC",
@@ -284,6 +424,15 @@ impl KeyRing {
             alg: "ES256",
             kid: &kid,
         }];
+        keys.extend(next.iter().map(|(kid, (x, y))| JwkOut {
+            kty: "EC",
+            crv: "P-256",
+            x,
+            y,
+            use_: "sig",
+            alg: "ES256",
+            kid,
+        }));
         keys.extend(
             index
                 .retired
@@ -568,6 +717,82 @@ mod tests {
             IdentityError::Key(CryptoError::LoosePermissions(_))
         ));
         assert!(err.to_string().contains("chmod 600"));
+    }
+
+    #[test]
+    fn a_rotation_publishes_the_new_key_first_and_signs_with_it_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = KeyRing::load_or_create(dir.path(), NOW).unwrap();
+        let next = KeyRing::begin_rotation(dir.path(), NOW).unwrap();
+        assert_eq!(next.signs_from, NOW + PROMOTE_AFTER_SECS);
+
+        // Published at once, not yet signing.
+        let waiting = KeyRing::load_or_create(dir.path(), NOW + PROMOTE_AFTER_SECS - 1).unwrap();
+        assert_eq!(waiting.kid(), old.kid());
+        assert_eq!(waiting.published_kids(), [old.kid(), next.kid.as_str()]);
+        let old_token = waiting.sign_assertion(&claims("portal", NOW)).unwrap();
+
+        // A second rotation waits for the first.
+        let err = KeyRing::begin_rotation(dir.path(), NOW + 1).unwrap_err();
+        assert!(
+            matches!(err, IdentityError::RotationPending { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&next.kid), "{err}");
+
+        // From its time on it signs; the old key is retired, public half only.
+        let promoted = KeyRing::load_or_create(dir.path(), NOW + PROMOTE_AFTER_SECS).unwrap();
+        assert_eq!(promoted.kid(), next.kid);
+        assert_eq!(promoted.published_kids(), [next.kid.as_str(), old.kid()]);
+        let keys_dir = dir.path().join(SIGNING_KEYS_DIR);
+        assert!(!keys_dir.join(format!("{}.p8", old.kid())).exists());
+        let new_token = promoted
+            .sign_assertion(&claims("portal", NOW + PROMOTE_AFTER_SECS))
+            .unwrap();
+        let jwks = promoted.jwks_json();
+        let at = NOW + PROMOTE_AFTER_SECS + 1;
+        assert!(verify_with_jwks(&old_token, &jwks, ISS, "portal", NOW + 1).is_ok());
+        assert!(verify_with_jwks(&new_token, &jwks, ISS, "portal", at).is_ok());
+        // And the next rotation may begin.
+        assert!(KeyRing::begin_rotation(dir.path(), at).is_ok());
+    }
+
+    /// The lock on the index: of rotations started at once, one wins and the others are
+    /// told to wait; no key file is left that the index does not name.
+    #[test]
+    fn rotations_started_at_once_publish_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        KeyRing::load_or_create(dir.path(), NOW).unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let results: Vec<_> = (0..8)
+            .map(|_| {
+                let path = dir.path().to_path_buf();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    KeyRing::begin_rotation(&path, NOW)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+        assert!(results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, IdentityError::RotationPending { .. })));
+        let key_files = std::fs::read_dir(dir.path().join(SIGNING_KEYS_DIR))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "p8")
+            })
+            .count();
+        assert_eq!(key_files, 2);
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //! `X-Portcullis-Assertion`, the JWKS that publishes the public keys, and a verifier.
 
 mod keyring;
+mod live;
 
-pub use keyring::{KeyRing, RETIRED_KEY_RETENTION_SECS, SIGNING_KEYS_DIR};
+pub use keyring::{
+    KeyRing, NextKey, PROMOTE_AFTER_SECS, RETIRED_KEY_RETENTION_SECS, SIGNING_KEYS_DIR,
+};
+pub use live::{KeysChanged, LiveKeys, RELOAD_EVERY};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
@@ -20,6 +24,11 @@ pub enum IdentityError {
     BadKeyFile { path: String, reason: String },
     #[error("The signing key index {path} is not usable: {reason}. Restore it from a backup, or delete the signing-keys directory to create a new key.")]
     BadIndex { path: String, reason: String },
+    #[error("A new signing key ({kid}) is already published and starts signing at {}; rotate again after that.", crate::admin::format::rfc3339(*.signs_from))]
+    RotationPending {
+        kid: String,
+        signs_from: crate::clock::UnixSeconds,
+    },
     #[error("The assertion could not be signed: {0}.")]
     Sign(String),
     #[error("The assertion is malformed: {0}.")]

@@ -153,7 +153,7 @@ fn assertion(
         amr: identity.amr.clone(),
         sid: identity.sid.clone(),
     };
-    let signed = state.keys.sign_assertion(&claims).map_err(|e| {
+    let signed = state.keys.current().sign_assertion(&claims).map_err(|e| {
         tracing::error!(error = %e, "could not sign the identity assertion");
         Refusal::Unavailable
     })?;
@@ -176,12 +176,13 @@ pub fn healthz() -> Response<Body> {
 }
 
 fn jwks(state: &AppState) -> Response<Body> {
-    let mut res = Response::new(web::full(state.keys.jwks_bytes()));
+    let mut res = Response::new(web::full(state.keys.current().jwks_bytes()));
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/jwk-set+json"),
     );
-    // Short, so a rotation reaches verifiers well within an assertion's lifetime.
+    // Short, and well inside the time a rotated key is published before it signs
+    // (`identity::PROMOTE_AFTER_SECS`), so verifiers have it when it first appears.
     res.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),

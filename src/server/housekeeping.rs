@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::accounts::{Accounts, Swept};
+use crate::accounts::{Accounts, Actor, Swept};
+use crate::state::AppState;
 
 /// How often the store is swept; the first sweep runs at start.
 pub const EVERY: Duration = Duration::from_secs(10 * 60);
@@ -45,6 +46,45 @@ pub async fn run(accounts: Arc<Accounts>, every: Duration, mut stop: watch::Rece
             Err(e) => {
                 tracing::warn!(error = %e, "the store sweep stopped unexpectedly; trying again later")
             }
+        }
+    }
+}
+
+/// Reads the signing keys again every `every` (see [`crate::identity::LiveKeys`]), so a
+/// rotation started with `portcullis keys rotate` is published and later signs without
+/// a restart. Each change goes to the log and the audit trail.
+pub async fn watch_keys(state: Arc<AppState>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; the keys were loaded at start.
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let reloading = state.clone();
+        let reloaded = tokio::task::spawn_blocking(move || {
+            reloading.keys.reload(reloading.accounts.clock.now())
+        })
+        .await;
+        match reloaded {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(changed))) => {
+                let detail = format!(
+                    "signing with {}; published: {}",
+                    changed.signing,
+                    changed.published.join(", ")
+                );
+                tracing::info!(signing = %changed.signing, "the assertion signing keys changed");
+                state
+                    .accounts
+                    .audit(Actor::System, "keys.change", None, "ok", Some(detail), None);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not read the signing keys again; still using the ones loaded")
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the signing keys stopped unexpectedly"),
         }
     }
 }

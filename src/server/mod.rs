@@ -154,6 +154,11 @@ impl Application {
             housekeeping::EVERY,
             stop_rx.clone(),
         ));
+        tokio::spawn(housekeeping::watch_keys(
+            state.clone(),
+            crate::identity::RELOAD_EVERY,
+            stop_rx.clone(),
+        ));
         // Each connection task holds a sender; when all are gone, the drain is complete.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         tokio::pin!(shutdown);

@@ -929,3 +929,58 @@ fn the_access_log_has_one_line_per_request_and_no_secrets() {
         assert!(!text.contains(secret), "{secret} in the log:\n{text}");
     }
 }
+
+/// `keys rotate` publishes a new key while the server runs; a second one waits for it.
+#[test]
+fn keys_rotate_publishes_a_new_key_and_a_second_rotation_waits() {
+    let mut site = Site::new();
+    site.start_server();
+    let index_path = site.data().join("signing-keys").join("index.json");
+    let index = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap()
+    };
+    // The admin socket, which start_server waits for, may open before the first key is made.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !index_path.exists() {
+        assert!(Instant::now() < deadline, "the server made no signing key");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let current = index()["current"].as_str().unwrap().to_string();
+
+    let out = site.run(&["keys", "rotate"]);
+    out.ok();
+    let next = index()["next"]["kid"].as_str().unwrap().to_string();
+    assert_ne!(next, current);
+    assert!(out.stdout.contains(&next), "{out:#?}");
+    assert!(out.stdout.contains("signs the assertions from"), "{out:#?}");
+    assert_eq!(index()["current"], current.as_str());
+    assert!(site
+        .data()
+        .join("signing-keys")
+        .join(format!("{next}.p8"))
+        .exists());
+
+    site.run(&["keys", "rotate"]).refused("already published");
+    assert_eq!(index()["next"]["kid"], next.as_str());
+    assert_eq!(site.stop_server(), 0);
+}
+
+/// A key made by another user (root, say) could not be read by the server at its next
+/// start, so `keys rotate` runs only as the owner of the data directory.
+#[test]
+fn keys_rotate_refuses_a_data_directory_of_another_user() {
+    let site = Site::new();
+    std::fs::create_dir_all(site.data()).unwrap();
+    // Needs the right to give the directory away: root, as in CI's container.
+    if std::os::unix::fs::chown(site.data(), Some(65534), Some(65534)).is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "under CI this test must run: it needs root to give a directory away"
+        );
+        eprintln!("skipped: changing a directory's owner needs root");
+        return;
+    }
+    site.run(&["keys", "rotate"])
+        .refused("belongs to another user");
+    assert!(!site.data().join("signing-keys").exists());
+}

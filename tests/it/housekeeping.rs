@@ -147,3 +147,70 @@ async fn the_sweep_repeats_and_stops_with_the_server() {
         .expect("the sweep must stop with the server")
         .unwrap();
 }
+
+/// A running server sees a key published by `keys rotate`, then signs with it from its
+/// promotion time on; both changes are audited.
+#[tokio::test]
+async fn the_server_publishes_a_rotated_key_and_later_signs_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let any = "127.0.0.1:9".parse().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        config_text(1, any, any, "", ""),
+    )
+    .unwrap();
+    let config = Config::load(&dir.path().join("config.toml")).unwrap();
+    let data_dir = config.server.data_dir.clone();
+    let clock = ManualClock::new(SystemClock.now());
+    let accounts = Arc::new(Accounts::open(&config, Arc::new(clock.clone())).unwrap());
+    let state = Arc::new(portcullis::state::AppState::new(config, accounts.clone()).unwrap());
+    let old = state.keys.current().kid().to_string();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let watching = tokio::spawn(portcullis::server::housekeeping::watch_keys(
+        state.clone(),
+        Duration::from_millis(50),
+        stop_rx,
+    ));
+    let until = |what: &'static str, done: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    let next = portcullis::identity::KeyRing::begin_rotation(&data_dir, clock.now()).unwrap();
+    tokio::task::spawn_blocking({
+        let state = state.clone();
+        move || {
+            until("not published", &|| {
+                state.keys.current().published_kids().len() == 2
+            })
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(state.keys.current().kid(), old);
+
+    clock.advance(portcullis::identity::PROMOTE_AFTER_SECS);
+    tokio::task::spawn_blocking({
+        let state = state.clone();
+        let next = next.kid.clone();
+        move || until("not signing", &|| state.keys.current().kid() == next)
+    })
+    .await
+    .unwrap();
+    // Audited after the swap, so wait for it too.
+    let changes = move || {
+        let trail = accounts.store.audit(None, 10).unwrap();
+        trail.iter().filter(|e| e.action == "keys.change").count()
+    };
+    tokio::task::spawn_blocking(move || until("not audited", &|| changes() == 2))
+        .await
+        .unwrap();
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), watching)
+        .await
+        .unwrap()
+        .unwrap();
+}
