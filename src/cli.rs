@@ -450,19 +450,35 @@ fn prompt_hidden(prompt: &str) -> Result<String, String> {
 
 /// Files this command writes must be readable by the server: a key made by root in the
 /// data directory of an unprivileged server would stop that server at its next start.
+/// And there must be a key to rotate: with a mistyped `-c` this would otherwise make a
+/// new data directory somewhere.
 fn refuse_unless_owner(data_dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(data_dir) else {
-        return Ok(()); // Nothing there yet: what we create is ours, like the server's.
+    let no_key_yet = || {
+        anyhow::anyhow!(
+            "There is no signing key in {} yet. Start the server once (it makes the first key), then rotate; or check that -c names the right config.",
+            data_dir.display()
+        )
+    };
+    let meta = match std::fs::metadata(data_dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(no_key_yet()),
+        Err(e) => anyhow::bail!("{} cannot be read: {e}.", data_dir.display()),
     };
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
         anyhow::bail!(
-            "{} belongs to another user (uid {}). Run this as that user, the one the server runs as, e.g. `sudo -u <that user> portcullis keys rotate`.",
+            "{} belongs to another user (uid {}). Run this as that user, the one the server runs as, e.g. `sudo -u <that user> portcullis keys rotate -c <config>`.",
             data_dir.display(),
             meta.uid()
         );
+    }
+    let index = data_dir
+        .join(crate::identity::SIGNING_KEYS_DIR)
+        .join("index.json");
+    if !index.exists() {
+        return Err(no_key_yet());
     }
     Ok(())
 }

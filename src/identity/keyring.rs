@@ -205,27 +205,80 @@ fn write_index(path: &Path, index: &IndexV1) -> Result<(), IdentityError> {
     Ok(())
 }
 
-/// Holds `signing-keys/.lock` until dropped.
-fn lock_keys(dir: &Path) -> Result<fs::File, IdentityError> {
+/// How long to wait for another process holding the keys' lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Holds `signing-keys/.lock` until dropped. `None` on a read-only `signing-keys/`
+/// without a lock file: nothing can be written there anyway.
+fn lock_keys(dir: &Path) -> Result<Option<fs::File>, IdentityError> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(".lock");
     let io = |source| CryptoError::Io {
         path: path.clone(),
         source,
     };
-    let file = fs::OpenOptions::new()
+    let opened = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
         .open(&path)
-        .map_err(io)?;
-    // std's `File::lock` needs Rust 1.89; this crate builds with 1.88.
-    // SAFETY: `flock` only reads the descriptor, which `file` owns and keeps open.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } != 0 {
-        return Err(io(std::io::Error::last_os_error()).into());
+        // flock works on a descriptor opened for reading too.
+        .or_else(|_| fs::File::open(&path));
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e).into()),
+    };
+    let started = std::time::Instant::now();
+    loop {
+        // std's `File::try_lock` needs Rust 1.89; this crate builds with 1.88.
+        // SAFETY: `flock` only reads the descriptor, which `file` owns and keeps open.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(file));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::WouldBlock {
+            return Err(io(e).into());
+        }
+        if started.elapsed() >= LOCK_WAIT {
+            return Err(IdentityError::BadIndex {
+                path: path.display().to_string(),
+                reason: "another process has held its lock for more than 10 seconds; \
+                         check for a stuck `portcullis keys rotate`"
+                    .into(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Ok(file)
+}
+
+/// Deletes private key files the index names neither as current nor as next — a retired
+/// key whose deletion a crash interrupted, or a new one whose index write failed — and
+/// the temporary files of interrupted writes. Call with the lock held. Best effort: a
+/// file that cannot be deleted is logged and left.
+fn remove_unnamed_key_files(dir: &Path, index: &IndexV1) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let named =
+        |kid: &str| kid == index.current || index.next.as_ref().is_some_and(|n| n.kid == kid);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let stale = match name.strip_suffix(".p8") {
+            Some(kid) => is_valid_kid(kid) && !named(kid),
+            None => name.contains(".tmp-"),
+        };
+        if stale {
+            if let Err(e) = fs::remove_file(entry.path()) {
+                tracing::warn!(file = %name, error = %e, "could not delete a stale signing key file");
+            } else {
+                tracing::info!(file = %name, "deleted a signing key file the index no longer names");
+            }
+        }
+    }
 }
 
 /// Generates a P-256 key and stores it as `<kid>.p8`; returns its kid.
@@ -279,6 +332,14 @@ impl KeyRing {
             }
         };
 
+        // A next key that cannot be read never signed: drop it rather than refuse to start.
+        if let Some(next) = &index.next {
+            if let Err(e) = Self::public_coordinates(dir, &next.kid) {
+                tracing::warn!(kid = %next.kid, error = %e, "dropping the unusable next signing key; run `portcullis keys rotate` again");
+                index.next = None;
+                write_index(&index_path, &index)?;
+            }
+        }
         let due = index
             .next
             .as_ref()
@@ -287,6 +348,7 @@ impl KeyRing {
             Self::replace_current(dir, &mut index, next.kid, now)?;
         }
 
+        remove_unnamed_key_files(dir, &index);
         let before = index.retired.len();
         index
             .retired
@@ -321,7 +383,6 @@ impl KeyRing {
             published_at: now,
         });
         write_index(&dir.join(INDEX_FILE), &index)?;
-        sync_dir(&dir)?;
         tracing::info!(current = %index.current, next = %kid, "published a new assertion signing key");
         Ok(NextKey {
             kid,
@@ -793,6 +854,32 @@ mod tests {
             })
             .count();
         assert_eq!(key_files, 2);
+    }
+
+    #[test]
+    fn stale_key_files_go_and_an_unreadable_next_key_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = KeyRing::load_or_create(dir.path(), NOW).unwrap();
+        let keys_dir = dir.path().join(SIGNING_KEYS_DIR);
+        // A retired key a crash left behind, a temporary file, and a file not ours.
+        std::fs::write(keys_dir.join("AAAAAAAAAAA.p8"), b"old").unwrap();
+        std::fs::write(keys_dir.join("index.tmp-0011"), b"{").unwrap();
+        std::fs::write(keys_dir.join("notes.p8"), b"mine").unwrap();
+        KeyRing::load_or_create(dir.path(), NOW + 1).unwrap();
+        assert!(!keys_dir.join("AAAAAAAAAAA.p8").exists());
+        assert!(!keys_dir.join("index.tmp-0011").exists());
+        assert!(keys_dir.join("notes.p8").exists());
+        assert!(keys_dir.join(format!("{}.p8", ring.kid())).exists());
+
+        let next = KeyRing::begin_rotation(dir.path(), NOW + 2).unwrap();
+        let next_path = keys_dir.join(format!("{}.p8", next.kid));
+        std::fs::write(&next_path, b"garbage").unwrap();
+        let loaded = KeyRing::load_or_create(dir.path(), NOW + 3).unwrap();
+        assert_eq!(loaded.kid(), ring.kid());
+        assert_eq!(loaded.published_kids(), [ring.kid()]);
+        assert!(!next_path.exists());
+        // And a new rotation may begin.
+        assert!(KeyRing::begin_rotation(dir.path(), NOW + 4).is_ok());
     }
 
     #[test]

@@ -64,23 +64,30 @@ pub async fn watch_keys(state: Arc<AppState>, every: Duration, mut stop: watch::
             _ = stop.wait_for(|s| *s) => return,
         }
         let reloading = state.clone();
+        // Reading the key files and writing the audit event both block.
         let reloaded = tokio::task::spawn_blocking(move || {
-            reloading.keys.reload(reloading.accounts.clock.now())
-        })
-        .await;
-        match reloaded {
-            Ok(Ok(None)) => {}
-            Ok(Ok(Some(changed))) => {
+            let changed = reloading.keys.reload(reloading.accounts.clock.now())?;
+            if let Some(changed) = &changed {
+                tracing::info!(signing = %changed.signing, "the assertion signing keys changed");
                 let detail = format!(
                     "signing with {}; published: {}",
                     changed.signing,
                     changed.published.join(", ")
                 );
-                tracing::info!(signing = %changed.signing, "the assertion signing keys changed");
-                state
-                    .accounts
-                    .audit(Actor::System, "keys.change", None, "ok", Some(detail), None);
+                reloading.accounts.audit(
+                    Actor::System,
+                    "keys.change",
+                    None,
+                    "ok",
+                    Some(detail),
+                    None,
+                );
             }
+            Ok::<_, crate::identity::IdentityError>(changed)
+        })
+        .await;
+        match reloaded {
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "could not read the signing keys again; still using the ones loaded")
             }
