@@ -40,6 +40,19 @@ fn session(user: &User, tag: u8, expires_at: i64) -> Session {
     }
 }
 
+/// A config in a fresh directory, for the loops run here without a listener.
+fn data_dir_with_config() -> (tempfile::TempDir, Config) {
+    let dir = tempfile::tempdir().unwrap();
+    let any = "127.0.0.1:9".parse().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        config_text(1, any, any, "", ""),
+    )
+    .unwrap();
+    let config = Config::load(&dir.path().join("config.toml")).unwrap();
+    (dir, config)
+}
+
 async fn gone_within(accounts: &Accounts, id_hash: [u8; 32], limit: Duration) -> bool {
     let started = Instant::now();
     while started.elapsed() < limit {
@@ -79,14 +92,7 @@ async fn the_server_removes_expired_sessions_from_the_store() {
 /// And again on every round, until the server stops; old audit events go too.
 #[tokio::test]
 async fn the_sweep_repeats_and_stops_with_the_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let any = "127.0.0.1:9".parse().unwrap();
-    std::fs::write(
-        dir.path().join("config.toml"),
-        config_text(1, any, any, "", ""),
-    )
-    .unwrap();
-    let config = Config::load(&dir.path().join("config.toml")).unwrap();
+    let (_dir, config) = data_dir_with_config();
     let clock = ManualClock::new(SystemClock.now());
     let accounts = Arc::new(Accounts::open(&config, Arc::new(clock.clone())).unwrap());
     let alice = user(&accounts, "alice");
@@ -152,14 +158,7 @@ async fn the_sweep_repeats_and_stops_with_the_server() {
 /// promotion time on; both changes are audited.
 #[tokio::test]
 async fn the_server_publishes_a_rotated_key_and_later_signs_with_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let any = "127.0.0.1:9".parse().unwrap();
-    std::fs::write(
-        dir.path().join("config.toml"),
-        config_text(1, any, any, "", ""),
-    )
-    .unwrap();
-    let config = Config::load(&dir.path().join("config.toml")).unwrap();
+    let (_dir, config) = data_dir_with_config();
     let data_dir = config.server.data_dir.clone();
     let clock = ManualClock::new(SystemClock.now());
     let accounts = Arc::new(Accounts::open(&config, Arc::new(clock.clone())).unwrap());
