@@ -119,6 +119,8 @@ pub struct KeyRing {
     header_b64: String,
     /// Kids in the JWKS, current first.
     published: Vec<String>,
+    /// The kid published ahead of signing, during a rotation.
+    next: Option<String>,
     jwks: Bytes,
 }
 
@@ -304,17 +306,32 @@ impl KeyRing {
     /// is none. A next key whose time has come becomes the current one; retired keys older
     /// than [`RETIRED_KEY_RETENTION_SECS`] are dropped.
     pub fn load_or_create(data_dir: &Path, now: UnixSeconds) -> Result<Self, IdentityError> {
+        Self::load_promoting(data_dir, now, &|_| true)
+    }
+
+    /// Like [`Self::load_or_create`], but a due next key becomes current only when
+    /// `may_promote(kid)` agrees (a running server asks whether it has published it long
+    /// enough itself).
+    pub fn load_promoting(
+        data_dir: &Path,
+        now: UnixSeconds,
+        may_promote: &dyn Fn(&str) -> bool,
+    ) -> Result<Self, IdentityError> {
         create_data_dir(data_dir)?;
         let dir = keys_dir(data_dir);
         create_data_dir(&dir)?;
         let _lock = lock_keys(&dir)?;
-        let index = Self::settle(&dir, now)?;
+        let index = Self::settle(&dir, now, may_promote)?;
         Self::from_index(&dir, &index)
     }
 
     /// The index as it should be at `now`, written back if that changed it. Call with the
     /// lock held.
-    fn settle(dir: &Path, now: UnixSeconds) -> Result<IndexV1, IdentityError> {
+    fn settle(
+        dir: &Path,
+        now: UnixSeconds,
+        may_promote: &dyn Fn(&str) -> bool,
+    ) -> Result<IndexV1, IdentityError> {
         let index_path = dir.join(INDEX_FILE);
         let mut index = match read_index(&index_path)? {
             Some(index) => index,
@@ -340,10 +357,9 @@ impl KeyRing {
                 write_index(&index_path, &index)?;
             }
         }
-        let due = index
-            .next
-            .as_ref()
-            .is_some_and(|n| now >= n.published_at.saturating_add(PROMOTE_AFTER_SECS));
+        let due = index.next.as_ref().is_some_and(|n| {
+            now >= n.published_at.saturating_add(PROMOTE_AFTER_SECS) && may_promote(&n.kid)
+        });
         if let Some(next) = index.next.take_if(|_| due) {
             Self::replace_current(dir, &mut index, next.kid, now)?;
         }
@@ -370,7 +386,7 @@ impl KeyRing {
         let dir = keys_dir(data_dir);
         create_data_dir(&dir)?;
         let _lock = lock_keys(&dir)?;
-        let mut index = Self::settle(&dir, now)?;
+        let mut index = Self::settle(&dir, now, &|_| true)?;
         if let Some(next) = &index.next {
             return Err(IdentityError::RotationPending {
                 kid: next.kid.clone(),
@@ -431,7 +447,7 @@ impl KeyRing {
         create_data_dir(data_dir)?;
         create_data_dir(&dir)?;
         let _lock = lock_keys(&dir)?;
-        let mut index = Self::settle(&dir, now)?;
+        let mut index = Self::settle(&dir, now, &|_| true)?;
         let new_kid = create_key(&dir)?;
         Self::replace_current(&dir, &mut index, new_kid, now)?;
         Self::from_index(&dir, &index)
@@ -526,6 +542,7 @@ impl KeyRing {
             key_pair,
             rng: SystemRandom::new(),
             published,
+            next: index.next.as_ref().map(|n| n.kid.clone()),
             jwks: Bytes::from(jwks),
         })
     }
@@ -533,6 +550,11 @@ impl KeyRing {
     /// The kid of the current signing key.
     pub fn kid(&self) -> &str {
         &self.kid
+    }
+
+    /// The kid published ahead of signing, during a rotation.
+    pub fn next_kid(&self) -> Option<&str> {
+        self.next.as_deref()
     }
 
     /// Kids published in the JWKS, current first.

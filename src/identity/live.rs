@@ -12,10 +12,16 @@ use crate::clock::UnixSeconds;
 /// How often a running server reads the keys again. Part of
 /// [`super::PROMOTE_AFTER_SECS`]'s budget.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(30);
+/// How long this server must itself have published a new key before it signs with it:
+/// the JWKS's `max-age` plus one re-read. Normally the ten minutes of the rotation cover
+/// this; it matters when re-reading failed for a while and the key is first seen late.
+const SERVED_BEFORE_SIGNING_SECS: UnixSeconds = 300 + 30;
 
 pub struct LiveKeys {
     data_dir: PathBuf,
     ring: RwLock<Arc<KeyRing>>,
+    /// The next key this process publishes, and since when.
+    publishing: std::sync::Mutex<Option<(String, UnixSeconds)>>,
 }
 
 /// What a reload changed.
@@ -28,10 +34,15 @@ pub struct KeysChanged {
 }
 
 impl LiveKeys {
+    /// At start a due key signs at once: any JWKS this server published before it
+    /// stopped is older than its `max-age` by then.
     pub fn load(data_dir: &Path, now: UnixSeconds) -> Result<Self, IdentityError> {
+        let ring = KeyRing::load_or_create(data_dir, now)?;
+        let publishing = ring.next_kid().map(|kid| (kid.to_string(), now));
         Ok(Self {
             data_dir: data_dir.to_path_buf(),
-            ring: RwLock::new(Arc::new(KeyRing::load_or_create(data_dir, now)?)),
+            ring: RwLock::new(Arc::new(ring)),
+            publishing: std::sync::Mutex::new(publishing),
         })
     }
 
@@ -43,7 +54,18 @@ impl LiveKeys {
     /// Reads the keys from disk again (promoting a next key whose time has come); `Some`
     /// when what signs or what is published changed.
     pub fn reload(&self, now: UnixSeconds) -> Result<Option<KeysChanged>, IdentityError> {
-        let fresh = KeyRing::load_or_create(&self.data_dir, now)?;
+        let mut publishing = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
+        let served_long_enough = |kid: &str| {
+            publishing.as_ref().is_some_and(|(published, since)| {
+                published == kid && now >= since.saturating_add(SERVED_BEFORE_SIGNING_SECS)
+            })
+        };
+        let fresh = KeyRing::load_promoting(&self.data_dir, now, &served_long_enough)?;
+        match fresh.next_kid() {
+            Some(kid) if publishing.as_ref().is_some_and(|(p, _)| p == kid) => {}
+            Some(kid) => *publishing = Some((kid.to_string(), now)),
+            None => *publishing = None,
+        }
         let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
         if fresh.kid() == ring.kid() && fresh.published_kids() == ring.published_kids() {
             return Ok(None);
@@ -83,5 +105,23 @@ mod tests {
         assert_eq!(promoted.signing, next.kid);
         assert_eq!(promoted.published, [next.kid, old]);
         assert_eq!(keys.current().kid(), promoted.signing);
+    }
+
+    /// Re-reading failed through the rotation's ten minutes: the key is seen only when it
+    /// is due, and is published for the JWKS's max-age before it signs.
+    #[test]
+    fn a_key_first_seen_when_due_is_published_before_it_signs() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = LiveKeys::load(dir.path(), NOW).unwrap();
+        let old = keys.current().kid().to_string();
+        let next = KeyRing::begin_rotation(dir.path(), NOW + 1).unwrap();
+
+        let late = NOW + 1 + PROMOTE_AFTER_SECS + 60;
+        let seen = keys.reload(late).unwrap().unwrap();
+        assert_eq!(seen.signing, old);
+        assert_eq!(seen.published, [old.clone(), next.kid.clone()]);
+        assert_eq!(keys.reload(late + 329).unwrap(), None);
+        let promoted = keys.reload(late + 330).unwrap().unwrap();
+        assert_eq!(promoted.signing, next.kid);
     }
 }
