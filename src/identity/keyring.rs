@@ -256,6 +256,16 @@ fn lock_keys(dir: &Path) -> Result<Option<fs::File>, IdentityError> {
     }
 }
 
+/// Creates `data_dir/signing-keys/` if needed and takes its lock; returns the directory
+/// and the lock guard.
+fn open_locked(data_dir: &Path) -> Result<(PathBuf, Option<fs::File>), IdentityError> {
+    create_data_dir(data_dir)?;
+    let dir = keys_dir(data_dir);
+    create_data_dir(&dir)?;
+    let lock = lock_keys(&dir)?;
+    Ok((dir, lock))
+}
+
 /// Deletes private key files the index names neither as current nor as next — a retired
 /// key whose deletion a crash interrupted, or a new one whose index write failed — and
 /// the temporary files of interrupted writes. Call with the lock held. Best effort: a
@@ -317,10 +327,7 @@ impl KeyRing {
         now: UnixSeconds,
         may_promote: &dyn Fn(&str) -> bool,
     ) -> Result<Self, IdentityError> {
-        create_data_dir(data_dir)?;
-        let dir = keys_dir(data_dir);
-        create_data_dir(&dir)?;
-        let _lock = lock_keys(&dir)?;
+        let (dir, _lock) = open_locked(data_dir)?;
         let index = Self::settle(&dir, now, may_promote)?;
         Self::from_index(&dir, &index)
     }
@@ -382,10 +389,7 @@ impl KeyRing {
     /// Publishes a new key that starts signing [`PROMOTE_AFTER_SECS`] from `now`. Refused
     /// while an earlier one is still waiting, so a key is never retired unpublished.
     pub fn begin_rotation(data_dir: &Path, now: UnixSeconds) -> Result<NextKey, IdentityError> {
-        create_data_dir(data_dir)?;
-        let dir = keys_dir(data_dir);
-        create_data_dir(&dir)?;
-        let _lock = lock_keys(&dir)?;
+        let (dir, _lock) = open_locked(data_dir)?;
         let mut index = Self::settle(&dir, now, &|_| true)?;
         if let Some(next) = &index.next {
             return Err(IdentityError::RotationPending {
@@ -415,27 +419,26 @@ impl KeyRing {
         new_kid: String,
         now: UnixSeconds,
     ) -> Result<(), IdentityError> {
-        let old = Self::from_index(dir, index)?;
-        let (x, y) = coordinates(old.key_pair.public_key().as_ref())?;
+        let (x, y) = Self::public_coordinates(dir, &index.current)?;
+        let old_kid = std::mem::replace(&mut index.current, new_kid);
         index.retired.insert(
             0,
             RetiredKeyV1 {
-                kid: old.kid.clone(),
+                kid: old_kid.clone(),
                 x,
                 y,
                 retired_at: now,
             },
         );
-        index.current = new_kid;
         // The index is the source of truth: once it names the new key, the old private
         // key is no longer needed. A crash before this line leaves an unused key file.
         write_index(&dir.join(INDEX_FILE), index)?;
-        let old_path = key_path(dir, &old.kid);
+        let old_path = key_path(dir, &old_kid);
         if let Err(e) = fs::remove_file(&old_path) {
             tracing::warn!(path = %old_path.display(), error = %e, "could not delete the retired signing key");
         }
         sync_dir(dir)?;
-        tracing::info!(old = %old.kid, new = %index.current, "the new assertion signing key now signs");
+        tracing::info!(old = %old_kid, new = %index.current, "the new assertion signing key now signs");
         Ok(())
     }
 
@@ -443,38 +446,16 @@ impl KeyRing {
     /// assertions from two keys; operators use [`Self::begin_rotation`].
     #[cfg(test)]
     pub(crate) fn rotate(data_dir: &Path, now: UnixSeconds) -> Result<Self, IdentityError> {
-        let dir = keys_dir(data_dir);
-        create_data_dir(data_dir)?;
-        create_data_dir(&dir)?;
-        let _lock = lock_keys(&dir)?;
+        let (dir, _lock) = open_locked(data_dir)?;
         let mut index = Self::settle(&dir, now, &|_| true)?;
         let new_kid = create_key(&dir)?;
         Self::replace_current(&dir, &mut index, new_kid, now)?;
         Self::from_index(&dir, &index)
     }
 
-    /// The public half of the key in `<kid>.p8`, as JWK coordinates.
-    fn public_coordinates(dir: &Path, kid: &str) -> Result<(String, String), IdentityError> {
+    /// The private key in `<kid>.p8`, checked to be the key that kid names.
+    fn read_key_pair(dir: &Path, kid: &str) -> Result<EcdsaKeyPair, IdentityError> {
         let path = key_path(dir, kid);
-        let der = read_key_file(&path)?;
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der).map_err(|_| {
-                IdentityError::BadKeyFile {
-                    path: path.display().to_string(),
-                    reason: "it is not a P-256 PKCS#8 private key".into(),
-                }
-            })?;
-        if kid_of(pair.public_key().as_ref()) != kid {
-            return Err(IdentityError::BadKeyFile {
-                path: path.display().to_string(),
-                reason: "the key in the file does not match its name".into(),
-            });
-        }
-        coordinates(pair.public_key().as_ref())
-    }
-
-    fn from_index(dir: &Path, index: &IndexV1) -> Result<Self, IdentityError> {
-        let path = key_path(dir, &index.current);
         let bad = |reason: &str| IdentityError::BadKeyFile {
             path: path.display().to_string(),
             reason: reason.to_string(),
@@ -482,10 +463,20 @@ impl KeyRing {
         let der = read_key_file(&path)?;
         let key_pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
             .map_err(|_| bad("it is not a P-256 PKCS#8 private key"))?;
-        let kid = kid_of(key_pair.public_key().as_ref());
-        if kid != index.current {
+        if kid_of(key_pair.public_key().as_ref()) != kid {
             return Err(bad("the key in the file does not match its name"));
         }
+        Ok(key_pair)
+    }
+
+    /// The public half of the key in `<kid>.p8`, as JWK coordinates.
+    fn public_coordinates(dir: &Path, kid: &str) -> Result<(String, String), IdentityError> {
+        coordinates(Self::read_key_pair(dir, kid)?.public_key().as_ref())
+    }
+
+    fn from_index(dir: &Path, index: &IndexV1) -> Result<Self, IdentityError> {
+        let key_pair = Self::read_key_pair(dir, &index.current)?;
+        let kid = index.current.clone();
         let (x, y) = coordinates(key_pair.public_key().as_ref())?;
         let next = match &index.next {
             Some(next) => Some((next.kid.as_str(), Self::public_coordinates(dir, &next.kid)?)),
