@@ -15,83 +15,83 @@ use crate::state::AppState;
 pub const EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// Sweeps every `every` until `stop` says the server is stopping.
-pub async fn run(accounts: Arc<Accounts>, every: Duration, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let accounts = accounts.clone();
-        // A write transaction that scans every session and ends in an fsync: not on a
-        // worker thread that is serving requests.
-        let swept = tokio::task::spawn_blocking(move || accounts.sweep()).await;
-        match swept {
-            Ok(Ok(Swept {
+pub async fn run(accounts: Arc<Accounts>, every: Duration, stop: watch::Receiver<bool>) {
+    repeat(every, First::Now, stop, "store sweep", move || {
+        match accounts.sweep() {
+            Ok(Swept {
                 expired: 0,
                 audit_events: 0,
-            })) => {}
-            Ok(Ok(Swept {
+            }) => {}
+            Ok(Swept {
                 expired,
                 audit_events,
-            })) => tracing::info!(
+            }) => tracing::info!(
                 expired,
                 audit_events,
                 "removed expired sessions, sign-in codes and activation links, and audit events past their retention"
             ),
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::warn!(error = %e, "could not remove expired records; trying again later")
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "the store sweep stopped unexpectedly; trying again later")
-            }
         }
-    }
+    })
+    .await;
 }
 
 /// Reads the signing keys again every `every` (see [`crate::identity::LiveKeys`]), so a
 /// rotation started with `portcullis keys rotate` is published and later signs without
 /// a restart. Each change goes to the log and the audit trail.
-pub async fn watch_keys(state: Arc<AppState>, every: Duration, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is immediate; the keys were loaded at start.
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let reloading = state.clone();
-        // Reading the key files and writing the audit event both block.
-        let reloaded = tokio::task::spawn_blocking(move || {
-            let changed = reloading.keys.reload(reloading.accounts.clock.now())?;
-            if let Some(changed) = &changed {
+pub async fn watch_keys(state: Arc<AppState>, every: Duration, stop: watch::Receiver<bool>) {
+    // The keys were loaded at start.
+    repeat(every, First::AfterOneInterval, stop, "signing key re-read", move || {
+        match state.keys.reload(state.accounts.clock.now()) {
+            Ok(None) => {}
+            Ok(Some(changed)) => {
                 tracing::info!(signing = %changed.signing, "the assertion signing keys changed");
                 let detail = format!(
                     "signing with {}; published: {}",
                     changed.signing,
                     changed.published.join(", ")
                 );
-                reloading.accounts.audit(
-                    Actor::System,
-                    "keys.change",
-                    None,
-                    "ok",
-                    Some(detail),
-                    None,
-                );
+                state
+                    .accounts
+                    .audit(Actor::System, "keys.change", None, "ok", Some(detail), None);
             }
-            Ok::<_, crate::identity::IdentityError>(changed)
-        })
-        .await;
-        match reloaded {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::warn!(error = %e, "could not read the signing keys again; still using the ones loaded")
             }
-            Err(e) => tracing::warn!(error = %e, "reading the signing keys stopped unexpectedly"),
+        }
+    })
+    .await;
+}
+
+enum First {
+    Now,
+    AfterOneInterval,
+}
+
+/// Runs `job` every `every` on the blocking pool (it reads and writes files and the
+/// store: not work for a thread that serves requests) until `stop` turns true.
+async fn repeat(
+    every: Duration,
+    first: First,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+    job: impl Fn() + Clone + Send + 'static,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if let First::AfterOneInterval = first {
+        // An interval's first tick is immediate.
+        tick.tick().await;
+    }
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = tokio::task::spawn_blocking(job.clone()).await {
+            tracing::warn!(error = %e, task = what, "stopped unexpectedly; trying again later");
         }
     }
 }
