@@ -7,7 +7,6 @@
 //! and reports when none has been open for the idle timeout.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,18 +18,21 @@ use tokio::time::Instant;
 
 use crate::web::{Body, BoxError};
 
-pub struct Activity {
-    open: AtomicUsize,
+pub struct Activity(Mutex<Counted>);
+
+#[derive(Clone, Copy)]
+struct Counted {
+    open: usize,
     /// When `open` last changed.
-    since: Mutex<Instant>,
+    since: Instant,
 }
 
 impl Activity {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self {
-            open: AtomicUsize::new(0),
-            since: Mutex::new(Instant::now()),
-        })
+        Arc::new(Self(Mutex::new(Counted {
+            open: 0,
+            since: Instant::now(),
+        })))
     }
 
     /// A request has arrived; it stays open while the returned guard lives.
@@ -40,21 +42,19 @@ impl Activity {
     }
 
     fn change(&self, f: impl FnOnce(usize) -> usize) {
-        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
-        let open = self.open.load(Ordering::Relaxed);
-        self.open.store(f(open), Ordering::Relaxed);
-        *since = Instant::now();
+        let mut counted = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        counted.open = f(counted.open);
+        counted.since = Instant::now();
     }
 
-    fn snapshot(&self) -> (usize, Instant) {
-        let since = self.since.lock().unwrap_or_else(|p| p.into_inner());
-        (self.open.load(Ordering::Relaxed), *since)
+    fn snapshot(&self) -> Counted {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Completes once no request has been open for `timeout`.
     pub async fn idle_for(&self, timeout: Duration) {
         loop {
-            let (open, since) = self.snapshot();
+            let Counted { open, since } = self.snapshot();
             if open > 0 {
                 // Busy: look again later; the timeout runs from when the last one ends.
                 tokio::time::sleep(timeout).await;
@@ -165,7 +165,7 @@ mod tests {
                 .start()
                 .until_end_of(crate::web::full("never read")),
         );
-        assert_eq!(activity.snapshot().0, 0);
+        assert_eq!(activity.snapshot().open, 0);
         let started = Instant::now();
         activity.idle_for(Duration::from_secs(10)).await;
         assert!(Instant::now() - started <= Duration::from_secs(10));
