@@ -350,16 +350,15 @@ async fn unknown_user_and_wrong_password_look_and_take_the_same() {
         }
     }
     assert_eq!(bodies[0], bodies[1], "the two answers must read the same");
-    let median = |v: &mut Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
-    };
-    let (w, u) = (median(&mut wrong), median(&mut unknown));
-    let diff = w.abs_diff(u);
-    // Both do one full Argon2 hash (tens of ms); a shortcut for unknown names would
-    // make one median a small fraction of the other.
+    // The fastest of each kind, not the median: other tests share the two cores, and load
+    // only ever adds time, so the minimum is the closest to what each path itself costs
+    // (a median moved by a burst of load failed CI once: 32 vs 54 ms).
+    let fastest = |v: &[Duration]| v.iter().copied().min().unwrap();
+    let (w, u) = (fastest(&wrong), fastest(&unknown));
+    // Both do one full Argon2 hash (tens of ms); a shortcut for unknown names would make
+    // one a small fraction of the other.
     assert!(
-        diff < w.max(u) / 3,
+        w < u * 2 && u < w * 2,
         "wrong password {w:?} vs unknown user {u:?}"
     );
 }
