@@ -68,6 +68,13 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
 fi
 BIN="$ROOT/target/release/portcullis"
 [[ -x "$BIN" ]] || die "$BIN missing"
+# What was built, read now: the tree may change while the rounds run. (With SKIP_BUILD the
+# binary may be older than this; the report says so.)
+PC_REV="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [[ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock .cargo 2>/dev/null)" ]]; then
+    PC_REV="$PC_REV + uncommitted changes"
+fi
+[[ -z "${SKIP_BUILD:-}" ]] || PC_REV="$PC_REV (SKIP_BUILD: binary not rebuilt)"
 
 # ---------------------------------------------------------------- temp dir + cleanup
 WORK="$(mktemp -d /tmp/portcullis-bench.XXXXXX)"
@@ -265,10 +272,6 @@ KERNEL="$(uname -srm)"
 NGINX_VER="$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
 WRK_VER="$( (wrk -v 2>&1 || true) | head -1 | awk '{print $1, $2}')"
 RUSTC_VER="$(rustc -V)"
-PC_REV="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [[ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock .cargo 2>/dev/null)" ]]; then
-    PC_REV="$PC_REV + uncommitted changes"
-fi
 
 # ---------------------------------------------------------------- measuring
 # wrk --latency output → "rps p50_ms p99_ms non2xx errors"

@@ -37,6 +37,9 @@ fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 [[ -n "${SKIP_BUILD:-}" ]] || cargo build --release --quiet >&2 || die "release build failed"
 BIN="$ROOT/target/release/portcullis"
+# What was built, read now: the tree may change while the rounds run.
+PC_REV="$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet -- src Cargo.toml Cargo.lock .cargo || echo ' + uncommitted changes to the code')"
+[[ -z "${SKIP_BUILD:-}" ]] || PC_REV="$PC_REV (SKIP_BUILD: binary not rebuilt)"
 # Room for the idle connections (and their counterparts in this shell's children).
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
@@ -175,7 +178,7 @@ REPORT="$WORK/report.md"
 {
     echo "## Signed-in requests — $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "Machine: $(nproc) vCPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -sr); $("$NGINX" -v 2>&1 | sed 's/.*version: //'); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); Portcullis $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet -- src Cargo.toml Cargo.lock .cargo || echo ' + uncommitted changes to the code'). Load average at start: $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "Machine: $(nproc) vCPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -sr); $("$NGINX" -v 2>&1 | sed 's/.*version: //'); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); Portcullis $PC_REV. Load average at start: $(cut -d' ' -f1-3 /proc/loadavg)."
     echo
 } >"$REPORT"
 
