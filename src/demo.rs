@@ -7,6 +7,7 @@
 pub mod sample_app;
 
 use std::future::Future;
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
@@ -313,6 +314,8 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not into a file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -327,7 +330,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
         let user = demo.ensure_demo_user().await?;
         println!("{}", demo.banner(&user));
         demo.run(crate::cli::shutdown_signal()).await;
-        println!("The demo has stopped.");
+        // Not println!: when whoever read the banner has gone (`portcullis demo | head`),
+        // a failed write must not turn a clean stop into a panic.
+        let _ = writeln!(std::io::stdout(), "The demo has stopped.");
         anyhow::Ok(ExitCode::SUCCESS)
     })
 }

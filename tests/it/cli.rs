@@ -987,3 +987,72 @@ fn keys_rotate_refuses_a_data_directory_of_another_user() {
     site.run(&["keys", "rotate"]).refused("no signing key");
     assert!(!site.data().join("signing-keys").exists());
 }
+
+/// The README's main command, as a person runs it: `portcullis demo` in an empty folder.
+/// It binds the fixed demo port 8080 (the README's URLs name it), so it fails, saying so,
+/// if something else holds that port.
+#[test]
+fn the_demo_command_serves_prints_its_link_and_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("demo")
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let banner = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            // Stop reading here, closing the pipe, as `portcullis demo | head` would: the
+            // demo must still stop cleanly when it cannot print its last line.
+            if line.starts_with("Press Ctrl-C") {
+                break;
+            }
+        }
+        seen
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !banner.is_finished() {
+        assert!(Instant::now() < deadline, "no banner within 30 s");
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).ok();
+            panic!("the demo exited with {status} before it was ready (port 8080 taken?): {err}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let banner = banner.join().unwrap();
+    assert!(
+        banner.contains("http://login.localhost:8080/.portcullis/activate?token="),
+        "{banner}"
+    );
+
+    // The proxy answers as the banner says.
+    let mut conn = std::net::TcpStream::connect("127.0.0.1:8080").unwrap();
+    conn.write_all(
+        b"GET /.portcullis/healthz HTTP/1.1\r\nHost: portal.localhost:8080\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    signal(&child, "INT");
+    assert_eq!(wait_with_timeout(&mut child, Duration::from_secs(15)), 0);
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    // The log goes to stderr, plain: colour codes are for terminals, not files or pipes.
+    assert!(log.contains("action=\"user.add\""), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log:?}"
+    );
+    assert!(dir.path().join("demo-data").is_dir());
+}
