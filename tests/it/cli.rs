@@ -993,15 +993,26 @@ fn keys_rotate_refuses_a_data_directory_of_another_user() {
 /// if something else holds that port.
 #[test]
 fn the_demo_command_serves_prints_its_link_and_stops_on_ctrl_c() {
+    /// Stops the demo however the test ends, so a failed run does not leave port 8080 held.
+    struct Running(Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .arg("demo")
-        .current_dir(dir.path())
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut running = Running(
+        Command::new(BIN)
+            .arg("demo")
+            .current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut running.0;
     let stdout = child.stdout.take().unwrap();
     let banner = std::thread::spawn(move || {
         use std::io::BufRead;
@@ -1044,8 +1055,8 @@ fn the_demo_command_serves_prints_its_link_and_stops_on_ctrl_c() {
     std::io::Read::read_to_string(&mut conn, &mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
-    signal(&child, "INT");
-    assert_eq!(wait_with_timeout(&mut child, Duration::from_secs(15)), 0);
+    signal(child, "INT");
+    assert_eq!(wait_with_timeout(child, Duration::from_secs(15)), 0);
     let mut log = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
     // The log goes to stderr, plain: colour codes are for terminals, not files or pipes.
