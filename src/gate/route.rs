@@ -78,12 +78,16 @@ pub fn is_plain_path(path: &str) -> bool {
     if !path.starts_with('/') || path.contains("//") || path.contains('\\') || path.contains(';') {
         return false;
     }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2e")
-        || lower.contains("%2f")
-        || lower.contains("%5c")
-        || lower.contains("%00")
-    {
+    // An encoded dot, slash, backslash or NUL, in either case (compared byte by byte
+    // rather than on a lowercased copy: this runs on every request).
+    let encoded_separator = path.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                [w[1].to_ascii_lowercase(), w[2].to_ascii_lowercase()],
+                [b'2', b'e'] | [b'2', b'f'] | [b'5', b'c'] | [b'0', b'0']
+            )
+    });
+    if encoded_separator {
         return false;
     }
     !path.split('/').any(|seg| seg == "." || seg == "..")
@@ -165,11 +169,17 @@ upstream = "http://127.0.0.1:9002"
             "/static/x;jsessionid=1",
             "/static/./x",
             "/static/%00",
+            "/static/..%2Fadmin",
+            "/static/%5cadmin",
+            "/static/%5Cadmin",
+            "/%2e",
         ] {
             assert!(!is_plain_path(p), "{p}");
         }
         assert!(is_plain_path("/static/app.css"));
         assert!(is_plain_path("/healthz"));
         assert!(is_plain_path("/static/a.b/c..d"));
+        assert!(is_plain_path("/static/100%25/x%20y"));
+        assert!(is_plain_path("/static/ends-with-%2"));
     }
 }

@@ -39,6 +39,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
                 if token.eq_ignore_ascii_case("upgrade") {
                     wants_upgrade = true;
                 }
+                // `close`, `keep-alive` and the like (almost every response names one)
+                // go anyway: parsing them into a name would allocate on every request.
+                let goes_anyway = token.eq_ignore_ascii_case("close")
+                    || HOP_BY_HOP
+                        .iter()
+                        .any(|h| token.eq_ignore_ascii_case(h.as_str()));
+                if goes_anyway {
+                    continue;
+                }
                 if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                     named.push(name);
                 }
@@ -55,6 +64,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
         headers.remove(name);
     }
     upgrade
+}
+
+/// An address as a header value, formatted on the stack: on every proxied request, so the
+/// header's own copy is its only allocation.
+fn peer_value(peer: IpAddr) -> Option<HeaderValue> {
+    // The longest address text, an IPv6 address with all eight groups, is 39 bytes.
+    let mut text = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    std::io::Write::write_fmt(&mut cursor, format_args!("{peer}")).ok()?;
+    let len = usize::try_from(cursor.position()).ok()?;
+    HeaderValue::from_bytes(&text[..len]).ok()
 }
 
 /// The `X-Forwarded-*` an upstream sees. A client's own `X-Forwarded-For` / `-Proto` are
@@ -76,12 +96,13 @@ pub fn set_forwarded(
     } else {
         None
     };
+    // Only the two values we would send ourselves are passed on, so both are static.
     let prior_proto = if peer_trusted {
-        headers
-            .get(&X_FORWARDED_PROTO)
-            .and_then(|v| v.to_str().ok())
-            .filter(|p| *p == "https" || *p == "http")
-            .map(str::to_string)
+        match headers.get(&X_FORWARDED_PROTO).map(HeaderValue::as_bytes) {
+            Some(b"https") => Some("https"),
+            Some(b"http") => Some("http"),
+            _ => None,
+        }
     } else {
         None
     };
@@ -91,16 +112,16 @@ pub fn set_forwarded(
     headers.remove(header::FORWARDED);
     headers.remove(&X_REAL_IP);
     let xff = match prior_for {
-        Some(prior) => format!("{prior}, {peer}"),
-        None => peer.to_string(),
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {peer}")).ok(),
+        None => peer_value(peer),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    let proto = prior_proto.as_deref().unwrap_or(proto);
-    if let Ok(v) = HeaderValue::from_str(proto) {
-        headers.insert(X_FORWARDED_PROTO.clone(), v);
-    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(prior_proto.unwrap_or(proto)),
+    );
     if let Some(v) = host {
         headers.insert(X_FORWARDED_HOST.clone(), v);
     }
@@ -128,6 +149,23 @@ mod tests {
         h.insert("x-end-to-end", HeaderValue::from_static("kept"));
         assert!(strip_hop_by_hop(&mut h).is_none());
         assert_eq!(h.len(), 1);
+        assert_eq!(h["x-end-to-end"], "kept");
+    }
+
+    #[test]
+    fn headers_named_after_close_or_a_standard_hop_are_removed_too() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("Close, TE, X-Private"),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("x-second"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("x-second", HeaderValue::from_static("2"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        assert!(strip_hop_by_hop(&mut h).is_none());
+        assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-end-to-end"], "kept");
     }
 
@@ -171,5 +209,17 @@ mod tests {
         );
         assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn forwarded_headers_for_an_ipv6_peer_and_an_odd_proto() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
+        let longest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        set_forwarded(&mut h, longest.parse().unwrap(), true, "https", None);
+        assert_eq!(h["x-forwarded-for"], longest);
+        // Only http or https from a trusted proxy is passed on; anything else is ours.
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(h.get("x-forwarded-host").is_none());
     }
 }
