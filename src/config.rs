@@ -1,6 +1,7 @@
 //! `config.toml`: the types, loading and validation. Every problem is reported at once,
 //! each naming its key (and line where the parser knows it).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -187,7 +188,7 @@ impl PublicOrigin {
             .ok_or_else(|| format!("\"{raw}\" does not have a valid host and port"))?;
         let origin = PublicOrigin {
             scheme,
-            host,
+            host: host.into_owned(),
             port: port.unwrap_or(scheme.default_port()),
         };
         // Return addresses after sign-in are checked against these origins with the
@@ -223,9 +224,11 @@ impl fmt::Display for PublicOrigin {
 }
 
 /// Splits `host[:port]` (with `[v6]` literals) into a lowercase host without a trailing dot
-/// and an optional port. `None` for anything that is not a plausible host.
-pub fn split_host_port(authority: &str) -> Option<(String, Option<u16>)> {
-    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+/// and an optional port. `None` for anything that is not a plausible host. The host is
+/// borrowed when it is already in that form, as it is in nearly every request's `Host`:
+/// routing runs this on every request.
+pub fn split_host_port(authority: &str) -> Option<(Cow<'_, str>, Option<u16>)> {
+    let (host, port): (Cow<'_, str>, _) = if let Some(rest) = authority.strip_prefix('[') {
         let end = rest.find(']')?;
         let host = &rest[..end];
         host.parse::<std::net::Ipv6Addr>().ok()?;
@@ -235,14 +238,20 @@ pub fn split_host_port(authority: &str) -> Option<(String, Option<u16>)> {
             None if after.is_empty() => None,
             None => return None,
         };
-        (format!("[{}]", host.to_ascii_lowercase()), port)
+        (format!("[{}]", host.to_ascii_lowercase()).into(), port)
     } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_ascii_lowercase(), Some(p)),
-            None => (authority.to_ascii_lowercase(), None),
-        }
+        let (h, p) = match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        };
+        let h = h.strip_suffix('.').unwrap_or(h);
+        let h = if h.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(h.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(h)
+        };
+        (h, p)
     };
-    let host = host.strip_suffix('.').unwrap_or(&host).to_string();
     let valid_host = !host.is_empty()
         && host.len() <= 253
         && (host.starts_with('[')
@@ -976,6 +985,25 @@ public_paths = ["/healthz", "/static/*"]
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(text, Path::new("/tmp"))
+    }
+
+    #[test]
+    fn hosts_are_split_lowercased_and_borrowed_when_already_lowercase() {
+        let cases = [
+            ("portal.localhost:8080", "portal.localhost", Some(8080), true),
+            ("Portal.LocalHost.:8080", "portal.localhost", Some(8080), false),
+            ("portal.localhost.", "portal.localhost", None, true),
+            ("[::1]:443", "[::1]", Some(443), false),
+            ("[FE80::1]", "[fe80::1]", None, false),
+        ];
+        for (raw, host, port, borrowed) in cases {
+            let (h, p) = split_host_port(raw).unwrap();
+            assert_eq!((h.as_ref(), p), (host, port), "{raw}");
+            assert_eq!(matches!(h, Cow::Borrowed(_)), borrowed, "{raw}");
+        }
+        for bad in ["", ":80", "a b:80", "host:0", "host:", "host:99999", "[::1", "[x]:1", "."] {
+            assert!(split_host_port(bad).is_none(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -52,13 +52,16 @@ pub async fn handle(
         None if req.uri().path() == "/.portcullis/healthz" => crate::pages::healthz(),
         None => refuse(&state, &Refusal::NotFound, &req),
         Some(site) => {
-            dispatch(
-                &state,
-                req.map(|b| b.map_err(Into::into).boxed()),
-                site,
-                conn,
-            )
-            .await
+            // A request without a body (most of them) gets the empty body, which needs no
+            // allocation, instead of its boxed end-of-stream `Incoming`.
+            let req = req.map(|b| {
+                if http_body::Body::is_end_stream(&b) {
+                    web::empty()
+                } else {
+                    b.map_err(Into::into).boxed()
+                }
+            });
+            dispatch(&state, req, site, conn).await
         }
     };
 

@@ -56,7 +56,7 @@ impl Router {
             None => headers.get(header::HOST)?.to_str().ok()?,
         };
         let (host, port) = split_host_port(authority)?;
-        let candidates = self.hosts.get(&host)?;
+        let candidates = self.hosts.get(host.as_ref())?;
         match port {
             Some(p) => candidates.iter().find(|(cp, _)| *cp == p).map(|(_, s)| *s),
             None => match candidates.as_slice() {
