@@ -990,8 +990,18 @@ public_paths = ["/healthz", "/static/*"]
     #[test]
     fn hosts_are_split_lowercased_and_borrowed_when_already_lowercase() {
         let cases = [
-            ("portal.localhost:8080", "portal.localhost", Some(8080), true),
-            ("Portal.LocalHost.:8080", "portal.localhost", Some(8080), false),
+            (
+                "portal.localhost:8080",
+                "portal.localhost",
+                Some(8080),
+                true,
+            ),
+            (
+                "Portal.LocalHost.:8080",
+                "portal.localhost",
+                Some(8080),
+                false,
+            ),
             ("portal.localhost.", "portal.localhost", None, true),
             ("[::1]:443", "[::1]", Some(443), false),
             ("[FE80::1]", "[fe80::1]", None, false),
@@ -1001,7 +1011,17 @@ public_paths = ["/healthz", "/static/*"]
             assert_eq!((h.as_ref(), p), (host, port), "{raw}");
             assert_eq!(matches!(h, Cow::Borrowed(_)), borrowed, "{raw}");
         }
-        for bad in ["", ":80", "a b:80", "host:0", "host:", "host:99999", "[::1", "[x]:1", "."] {
+        for bad in [
+            "",
+            ":80",
+            "a b:80",
+            "host:0",
+            "host:",
+            "host:99999",
+            "[::1",
+            "[x]:1",
+            ".",
+        ] {
             assert!(split_host_port(bad).is_none(), "{bad:?}");
         }
     }
