@@ -121,16 +121,9 @@ pub fn is_reserved(path: &str) -> bool {
 /// any `X-Portcullis-*`, and our own cookies. Runs on public paths too (SPEC §3).
 pub fn strip(state: &AppState, req: &mut Request<Body>) {
     let headers = req.headers_mut();
-    for name in &state.identity_header_names {
-        headers.remove(name);
-    }
-    let is_ours = |k: &http::HeaderName| k.as_str().starts_with("x-portcullis-");
-    if headers.keys().any(is_ours) {
-        let spoofed: Vec<_> = headers.keys().filter(|k| is_ours(k)).cloned().collect();
-        for k in spoofed {
-            headers.remove(k);
-        }
-    }
+    hop::remove_where(headers, |name| {
+        name.as_str().starts_with("x-portcullis-") || state.identity_header_names.contains(name)
+    });
     cookies::strip_own(headers);
 }
 
