@@ -82,7 +82,10 @@ async fn dispatch(
     conn: ConnInfo,
 ) -> Response<Body> {
     if is_reserved(req.uri().path()) {
-        return crate::pages::handle(state, req, site, conn).await;
+        // Boxed: the pages' future is large, and without the box every proxied request's
+        // future would be as large — hyper and tokio move it several times before it
+        // first runs (BENCHMARKS.md, "Changes that moved the figures").
+        return Box::pin(crate::pages::handle(state, req, site, conn)).await;
     }
     let Some(app) = site.app.and_then(|i| state.config.apps.get(i)) else {
         // The auth origin alone serves nothing but its pages: send people to sign in.

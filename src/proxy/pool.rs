@@ -124,9 +124,10 @@ impl Pool {
             _ => None,
         };
         let Some((mut sender, idle_for)) = pooled else {
-            let sender = self.connect(authority).await?;
-            return self
-                .send_on(sender, req, home, upgrade)
+            // Boxed here and below: these paths are taken once per connection, not per
+            // request, and unboxed they would make every request's future larger.
+            let sender = Box::pin(self.connect(authority)).await?;
+            return Box::pin(self.send_on(sender, req, home, upgrade))
                 .await
                 .map_err(|mut e| {
                     SendError::Unreachable(e.take_message().map_or_else(
@@ -151,8 +152,8 @@ impl Pool {
                 };
                 tracing::debug!(error = %e.error(), upstream = %authority, "pooled connection broke; sending once more on a new one");
                 drop(sender);
-                let fresh = self.connect(authority).await?;
-                self.send_on(fresh, again, home, false)
+                let fresh = Box::pin(self.connect(authority)).await?;
+                Box::pin(self.send_on(fresh, again, home, false))
                     .await
                     .map_err(|e| SendError::Unreachable(e.into_error().to_string()))
             }

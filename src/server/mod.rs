@@ -301,8 +301,11 @@ async fn serve_io<I>(
     } else {
         let service_state = state.clone();
         let service = service_fn(move |req| {
-            let state = service_state.clone();
-            async move { Ok::<_, Infallible>(gate::handle(state, req, conn).await) }
+            // Boxed once here, the request's future is not copied as hyper stores and
+            // polls it: unboxed, those copies of its few kilobytes were a tenth of the
+            // instructions of a proxied request (BENCHMARKS.md).
+            let handled = Box::pin(gate::handle(service_state.clone(), req, conn));
+            async move { Ok::<_, Infallible>(handled.await) }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
