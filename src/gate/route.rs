@@ -1,12 +1,11 @@
 //! Routing by `Host` / `:authority` to the configured site, and the path checks that
 //! decide whether a request may skip sign-in.
 
-use std::collections::HashMap;
-
 use http::header::{self, HeaderMap};
 use http::Uri;
 
 use crate::config::{split_host_port, Config};
+use crate::web::host_map::HostMap;
 
 /// What a host is to us. The auth origin may also be an app origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,12 +17,12 @@ pub struct Site {
 #[derive(Debug, Clone)]
 pub struct Router {
     /// host → [(port, site)]; ports are the public ones from the config.
-    hosts: HashMap<String, Vec<(u16, Site)>>,
+    hosts: HostMap<Vec<(u16, Site)>>,
 }
 
 impl Router {
     pub fn new(cfg: &Config) -> Self {
-        let mut hosts: HashMap<String, Vec<(u16, Site)>> = HashMap::new();
+        let mut hosts: HostMap<Vec<(u16, Site)>> = HostMap::default();
         let auth = &cfg.server.auth_url;
         for (i, app) in cfg.apps.iter().enumerate() {
             let is_auth = app.url.host == auth.host && app.url.port == auth.port;

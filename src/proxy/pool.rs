@@ -6,7 +6,6 @@
 //! hyper-util's general-purpose client, whose checkout, connector and per-request
 //! futures were a third of the proxy's CPU time (BENCHMARKS.md).
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -24,6 +23,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::web::host_map::HostMap;
 use crate::web::{Body, BoxError};
 
 /// Shorter than the keep-alive of common backends (Node's 5 s is the shortest usual
@@ -49,7 +49,7 @@ pub struct Pool {
 }
 
 struct Inner {
-    upstreams: HashMap<String, Arc<Idle>>,
+    upstreams: HostMap<Arc<Idle>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     reaper_started: AtomicBool,

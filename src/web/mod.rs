@@ -3,6 +3,7 @@
 
 pub mod cookies;
 pub mod forwarded;
+pub mod host_map;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
