@@ -60,8 +60,13 @@ impl CookieNames {
 /// True for any cookie Portcullis owns or could own, under either naming scheme, so an
 /// https deployment also strips a plain-named cookie a client made up.
 pub fn is_portcullis_cookie(name: &[u8]) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.starts_with(b"portcullis") || lower.starts_with(b"__host-portcullis")
+    // Compared in place rather than on a lowercased copy: this runs for every cookie of
+    // every request.
+    let starts_with = |prefix: &[u8]| {
+        name.get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    };
+    starts_with(b"portcullis") || starts_with(b"__host-portcullis")
 }
 
 /// Iterates `name=value` pairs of every `Cookie` header, tolerating junk: pairs that are
@@ -95,23 +100,23 @@ pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Removes our cookies from every `Cookie` header and keeps everyone else's byte for byte.
 pub fn strip_own(headers: &mut HeaderMap) {
-    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
-    if values.is_empty() {
+    let mut all = headers.get_all(header::COOKIE).iter();
+    let Some(first) = all.next() else {
+        return;
+    };
+    // The usual request, one `Cookie` header and none of ours in it, allocates nothing.
+    if all.next().is_none() && !pairs(first.as_bytes()).any(|p| is_portcullis_cookie(name_of(p))) {
         return;
     }
+    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
     let mut kept: Vec<&[u8]> = Vec::new();
     let mut removed_any = false;
     for v in &values {
-        for pair in v.as_bytes().split(|b| *b == b';') {
-            let trimmed = trim_ascii(pair);
-            if trimmed.is_empty() {
-                continue;
-            }
-            let name = trimmed.split(|b| *b == b'=').next().unwrap_or(trimmed);
-            if is_portcullis_cookie(trim_ascii(name)) {
+        for pair in pairs(v.as_bytes()) {
+            if is_portcullis_cookie(name_of(pair)) {
                 removed_any = true;
             } else {
-                kept.push(trimmed);
+                kept.push(pair);
             }
         }
     }
@@ -126,6 +131,18 @@ pub fn strip_own(headers: &mut HeaderMap) {
     if let Ok(v) = HeaderValue::from_bytes(&joined) {
         headers.insert(header::COOKIE, v);
     }
+}
+
+/// The `name=value` pairs of one `Cookie` header value, trimmed, empty ones skipped.
+fn pairs(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b';')
+        .map(trim_ascii)
+        .filter(|pair| !pair.is_empty())
+}
+
+fn name_of(pair: &[u8]) -> &[u8] {
+    trim_ascii(pair.split(|b| *b == b'=').next().unwrap_or(pair))
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
@@ -163,6 +180,23 @@ mod tests {
         let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0], "theme=dark; lang=en");
+    }
+
+    #[test]
+    fn a_single_header_without_ours_is_left_as_it_came_and_ours_in_any_case_go() {
+        let mut h = headers(&[b" theme=dark;;lang=en ; portcull=1"]);
+        strip_own(&mut h);
+        assert_eq!(h[header::COOKIE], " theme=dark;;lang=en ; portcull=1");
+
+        let mut h = headers(&[b"a=1; __HOST-Portcullis-session=x; b=2; Portcullis=3"]);
+        strip_own(&mut h);
+        assert_eq!(h[header::COOKIE], "a=1; b=2");
+
+        // Several headers (as HTTP/2 clients send them) become one, as HTTP/1.1 wants.
+        let mut h = headers(&[b"a=1", b"b=2"]);
+        strip_own(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2"]);
     }
 
     #[test]
