@@ -245,20 +245,23 @@ pub fn split_host_port(authority: &str) -> Option<(Cow<'_, str>, Option<u16>)> {
             None => (authority, None),
         };
         let h = h.strip_suffix('.').unwrap_or(h);
-        let h = if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        // Checked and case-folded in one pass: this runs on every request.
+        let mut has_upper = false;
+        for b in h.bytes() {
+            match b {
+                b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {}
+                b'A'..=b'Z' => has_upper = true,
+                _ => return None,
+            }
+        }
+        let h = if has_upper {
             Cow::Owned(h.to_ascii_lowercase())
         } else {
             Cow::Borrowed(h)
         };
         (h, p)
     };
-    let valid_host = !host.is_empty()
-        && host.len() <= 253
-        && (host.starts_with('[')
-            || host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
-    if !valid_host {
+    if host.is_empty() || host.len() > 253 {
         return None;
     }
     let port = match port {
