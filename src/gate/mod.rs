@@ -94,6 +94,9 @@ async fn dispatch(
     let mut req = req;
     // Read the app cookie before `strip` removes it from what the upstream will see.
     let credential = crate::pages::credential(state, &req);
+    // Before anything of ours is added: a client's `Connection` may name its own
+    // hop-by-hop fields, never the identity or `X-Forwarded-*` headers we set below.
+    let upgrade = hop::strip_hop_by_hop(req.headers_mut());
     strip(state, &mut req);
 
     let public = route::is_plain_path(req.uri().path())
@@ -111,7 +114,7 @@ async fn dispatch(
             return refuse(state, &refusal, &req);
         }
     }
-    forward(state, req, app, site.app.unwrap_or_default(), conn).await
+    forward(state, req, upgrade, app, site.app.unwrap_or_default(), conn).await
 }
 
 /// `/.portcullis/` and everything under it belongs to Portcullis on every host.
@@ -162,9 +165,12 @@ fn unauthenticated(state: &AppState, req: &Request<Body>, app: &AppConfig) -> Re
     }
 }
 
+/// `upgrade`: the protocol the client asked to switch to, read when its hop-by-hop
+/// fields were removed.
 async fn forward(
     state: &AppState,
     mut req: Request<Body>,
+    upgrade: Option<http::HeaderValue>,
     app: &AppConfig,
     app_index: usize,
     conn: ConnInfo,
@@ -176,7 +182,7 @@ async fn forward(
     hop::set_forwarded(req.headers_mut(), peer, trusted, proto, host);
     let metrics = &state.accounts.metrics;
     let sent = Instant::now();
-    match state.upstreams.forward(req, &app.upstream).await {
+    match state.upstreams.forward(req, upgrade, &app.upstream).await {
         Ok(res) => {
             metrics.upstream_latency(app_index, sent.elapsed());
             res

@@ -45,14 +45,17 @@ impl Upstreams {
         }
     }
 
-    /// Sends `req` (its headers already cleaned and decorated by the gate) to `upstream`
-    /// and streams the response back. Upgrade requests are spliced after a `101`.
+    /// Sends `req` to `upstream` and streams the response back. The gate has already
+    /// removed the request's hop-by-hop fields (`headers::strip_hop_by_hop`, which gave
+    /// `upgrade`) — before it added its own headers, which a client's `Connection` must
+    /// not be able to remove — and cleaned and decorated it. Upgrade requests are spliced
+    /// after a `101`.
     pub async fn forward(
         &self,
         mut req: Request<Body>,
+        upgrade: Option<HeaderValue>,
         upstream: &Upstream,
     ) -> Result<Response<Body>, ProxyError> {
-        let upgrade = headers::strip_hop_by_hop(req.headers_mut());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         if let Some(proto) = &upgrade {
             req.headers_mut()

@@ -139,6 +139,44 @@ async fn header_named_in_connection_is_not_forwarded_either_way() {
     assert!(page.headers.get("x-upstream-hop").is_none());
 }
 
+/// `Connection` names a client's own hop-by-hop fields; it cannot take away the identity
+/// and forwarding headers Portcullis sets (SPEC §3, §4).
+#[tokio::test]
+async fn connection_cannot_remove_the_headers_portcullis_sets() {
+    let s = setup().await;
+    let srv = &s.server;
+    let p = activate_and_sign_in(srv, "cora", &["portal"]).await;
+    let private = format!("{}/private", srv.url("portal"));
+    // The first visit to the app fetches its cookie through the sign-in origin.
+    assert_eq!(
+        last(&p.browser.follow(&private).await).status,
+        StatusCode::OK
+    );
+    let page = p
+        .browser
+        .request(
+            Method::GET,
+            &private,
+            &[(
+                "connection",
+                "x-portcullis-user, X-Portcullis-Assertion, x-forwarded-for, \
+                 x-forwarded-proto, x-forwarded-host",
+            )],
+            None,
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let v = page.json();
+    assert_eq!(v["headers"]["x-portcullis-user"][0], "cora", "{v}");
+    assert!(v["headers"]["x-portcullis-assertion"][0].is_string(), "{v}");
+    assert_eq!(v["headers"]["x-forwarded-for"][0], "127.0.0.1");
+    assert_eq!(v["headers"]["x-forwarded-proto"][0], "http");
+    assert_eq!(
+        v["headers"]["x-forwarded-host"][0],
+        format!("portal.localhost:{}", srv.port)
+    );
+}
+
 #[tokio::test]
 async fn forwarded_for_from_untrusted_peer_is_replaced() {
     let s = setup().await;
