@@ -323,7 +323,7 @@ async fn unknown_user_and_wrong_password_look_and_take_the_same() {
     let mut wrong = Vec::new();
     let mut unknown = Vec::new();
     let mut bodies = Vec::new();
-    for i in 0..9 {
+    for i in 0..15 {
         for (name, times) in [("kate", &mut wrong), ("nobody-here", &mut unknown)] {
             let form = login_form(&b, srv).await;
             let t = Instant::now();
@@ -355,10 +355,12 @@ async fn unknown_user_and_wrong_password_look_and_take_the_same() {
     // (a median moved by a burst of load failed CI once: 32 vs 54 ms).
     let fastest = |v: &[Duration]| v.iter().copied().min().unwrap();
     let (w, u) = (fastest(&wrong), fastest(&unknown));
-    // Both do one full Argon2 hash (tens of ms); a shortcut for unknown names would make
-    // one a small fraction of the other.
+    // Both do one full Argon2 hash (tens of ms); a shortcut for unknown names makes one
+    // about a tenth of the other (18.7 vs 1.8 ms, measured with the dummy hash skipped).
+    // Three times, not twice: the hashing threads run at a lower priority than the other
+    // tests' threads, and the fastest of nine once still came out twice the other's.
     assert!(
-        w < u * 2 && u < w * 2,
+        w < u * 3 && u < w * 3,
         "wrong password {w:?} vs unknown user {u:?}"
     );
 }
