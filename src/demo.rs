@@ -328,7 +328,10 @@ pub fn run() -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let demo = Demo::start(listener, Path::new(".")).await?;
         let user = demo.ensure_demo_user().await?;
-        println!("{}", demo.banner(&user));
+        // Not println!: a reader may stop at the banner's last line, or never read at all
+        // (`portcullis demo | head -3`); the demo keeps serving either way. A failed write
+        // here once made it panic and drop the connections waiting to be accepted.
+        let _ = writeln!(std::io::stdout(), "{}", demo.banner(&user));
         demo.run(crate::cli::shutdown_signal()).await;
         // Not println!: when whoever read the banner has gone (`portcullis demo | head`),
         // a failed write must not turn a clean stop into a panic.

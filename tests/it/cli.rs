@@ -1066,4 +1066,42 @@ fn the_demo_command_serves_prints_its_link_and_stops_on_ctrl_c() {
         "colour codes in a piped log: {log:?}"
     );
     assert!(dir.path().join("demo-data").is_dir());
+    drop(running);
+
+    // Again with nobody reading its output at all: it still serves and stops cleanly
+    // (printing the banner into a closed pipe made it panic).
+    let mut running = Running(
+        Command::new(BIN)
+            .arg("demo")
+            .current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut running.0;
+    drop(child.stdout.take());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the demo exited when its output could not be written"
+        );
+        assert!(Instant::now() < deadline, "no answer on 8080 within 30 s");
+        let mut answer = String::new();
+        let asked = std::net::TcpStream::connect("127.0.0.1:8080").and_then(|mut conn| {
+            conn.write_all(
+                b"GET /.portcullis/healthz HTTP/1.1\r\nHost: portal.localhost:8080\r\nConnection: close\r\n\r\n",
+            )?;
+            std::io::Read::read_to_string(&mut conn, &mut answer)
+        });
+        if asked.is_ok() && !answer.is_empty() {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    signal(child, "INT");
+    assert_eq!(wait_with_timeout(child, Duration::from_secs(15)), 0);
 }
