@@ -25,19 +25,9 @@ HOST_HDR="portal.localhost:${PC_PORT}"
 log() { printf '[instructions] %s\n' "$*" >&2; }
 die() { printf '[instructions] ERROR: %s\n' "$*" >&2; exit 1; }
 
-need_pkgs=()
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_pkgs+=(nginx-light)
-command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
-command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
-command -v valgrind >/dev/null 2>&1 || need_pkgs+=(valgrind)
-if ((${#need_pkgs[@]})); then
-    log "installing ${need_pkgs[*]}"
-    SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >&2
-    $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
-fi
-NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+bench_install valgrind
 
 BINS=("$@")
 if ((${#BINS[@]} == 0)); then
@@ -58,35 +48,8 @@ trap 'exit 130' INT TERM
 
 # The same page and backend as bench/run.sh.
 mkdir -p "$WORK/www" "$WORK/backend/tmp" "$WORK/pc/data"
-{
-    echo '<!doctype html><html><head><meta charset="utf-8"><title>Bench</title></head><body>'
-    for i in $(seq 1 14); do
-        echo "<p>Paragraph $i of the benchmark page, padding to about one kibibyte.</p>"
-    done
-    echo '</body></html>'
-} >"$WORK/www/index.html"
-USER_LINE=""
-[[ $(id -u) -eq 0 ]] && USER_LINE="user $(id -un) $(id -gn);"
-cat >"$WORK/backend/nginx.conf" <<CONF
-daemon on;
-$USER_LINE
-worker_processes 1;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_timeout 75s;
-    keepalive_requests 1000000;
-    client_body_temp_path $WORK/backend/tmp;
-    proxy_temp_path $WORK/backend/tmp;
-    fastcgi_temp_path $WORK/backend/tmp;
-    uwsgi_temp_path $WORK/backend/tmp;
-    scgi_temp_path $WORK/backend/tmp;
-    types { text/html html; }
-    server { listen 127.0.0.1:$BACKEND_PORT; root $WORK/www; }
-}
-CONF
+bench_page "$WORK/www/index.html"
+bench_backend_conf "$WORK/backend" "$BACKEND_PORT" "$WORK/www" >"$WORK/backend/nginx.conf"
 cat >"$WORK/pc/config.toml" <<CONF
 [server]
 listen = "127.0.0.1:$PC_PORT"

@@ -40,19 +40,9 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- prerequisites
-need_pkgs=()
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_pkgs+=(nginx-light)
-command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
-command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
-if ((${#need_pkgs[@]})); then
-    log "installing ${need_pkgs[*]}"
-    SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >&2
-    # The Debian package starts a system nginx on :80; we do not need it.
-    $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
-fi
-NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+bench_install
 command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust: https://rustup.rs)"
 
 for p in "$BACKEND_PORT" "$NGINX_PORT" "$PC_PORT"; do
@@ -95,85 +85,13 @@ trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- content
 mkdir -p "$WORK/www/static" "$WORK/backend" "$WORK/front" "$WORK/pc/data"
-{
-    echo '<!doctype html><html><head><meta charset="utf-8"><title>Bench</title></head><body>'
-    for i in $(seq 1 14); do
-        echo "<p>Paragraph $i of the benchmark page, padding to about one kibibyte.</p>"
-    done
-    echo '</body></html>'
-} >"$WORK/www/index.html"
+bench_page "$WORK/www/index.html"
 head -c 65536 /dev/urandom >"$WORK/www/static/big.bin"
 SMALL_BYTES=$(stat -c %s "$WORK/www/index.html")
 
 # ---------------------------------------------------------------- nginx configs
-# As root, nginx would drop its workers to `nobody`; keep everything as the current user.
-USER_LINE=""
-[[ $(id -u) -eq 0 ]] && USER_LINE="user $(id -un) $(id -gn);"
-
-common_http='
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    tcp_nodelay on;
-    keepalive_timeout 75s;
-    keepalive_requests 1000000;
-    default_type application/octet-stream;'
-
-cat >"$WORK/backend/nginx.conf" <<EOF
-daemon on;
-$USER_LINE
-worker_processes 1;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log warn;
-events { worker_connections 4096; }
-http {
-$common_http
-    client_body_temp_path $WORK/backend/tmp;
-    proxy_temp_path $WORK/backend/tmp;
-    fastcgi_temp_path $WORK/backend/tmp;
-    uwsgi_temp_path $WORK/backend/tmp;
-    scgi_temp_path $WORK/backend/tmp;
-    types { text/html html; }
-    server {
-        listen 127.0.0.1:$BACKEND_PORT;
-        root $WORK/www;
-    }
-}
-EOF
-
-cat >"$WORK/front/nginx.conf" <<EOF
-daemon on;
-$USER_LINE
-worker_processes $NCPU;
-pid $WORK/front/nginx.pid;
-error_log $WORK/front/error.log warn;
-events { worker_connections 4096; }
-http {
-$common_http
-    client_body_temp_path $WORK/front/tmp;
-    proxy_temp_path $WORK/front/tmp;
-    fastcgi_temp_path $WORK/front/tmp;
-    uwsgi_temp_path $WORK/front/tmp;
-    scgi_temp_path $WORK/front/tmp;
-    upstream backend {
-        server 127.0.0.1:$BACKEND_PORT;
-        keepalive 256;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$remote_addr;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$http_host;
-        }
-    }
-}
-EOF
+bench_backend_conf "$WORK/backend" "$BACKEND_PORT" "$WORK/www" >"$WORK/backend/nginx.conf"
+bench_front_conf "$WORK/front" "$NGINX_PORT" "$BACKEND_PORT" >"$WORK/front/nginx.conf"
 # The backend's worker_processes is deliberately 1: it is shared by both fronts and
 # pinned nowhere; see BENCHMARKS.md.
 

@@ -26,15 +26,9 @@ CLIENT="python3 $ROOT/bench/session_client.py"
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
 
-need=()
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-if ((${#need[@]})); then
-    SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
-    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >&2
-    $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
-fi
-NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+bench_install python3
 [[ -n "${SKIP_BUILD:-}" ]] || cargo build --release --quiet >&2 || die "release build failed"
 BIN="$ROOT/target/release/portcullis"
 # What was built, read now: the tree may change while the rounds run.
@@ -60,45 +54,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 mkdir -p "$WORK"/{www,backend/tmp,front/tmp,pc}
-{
-    echo '<!doctype html><html><head><meta charset="utf-8"><title>Bench</title></head><body>'
-    for i in $(seq 1 14); do echo "<p>Paragraph $i of the benchmark page, padding to about one kibibyte.</p>"; done
-    echo '</body></html>'
-} >"$WORK/www/index.html"
-USER_LINE=""; [[ $(id -u) -eq 0 ]] && USER_LINE="user $(id -un) $(id -gn);"
-nginx_conf() { # dir port workers body
-    cat <<EOF
-daemon on;
-$USER_LINE
-worker_processes $3;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off; sendfile on; tcp_nopush on; tcp_nodelay on;
-    keepalive_timeout 75s; keepalive_requests 1000000;
-    client_body_temp_path $1/tmp; proxy_temp_path $1/tmp; fastcgi_temp_path $1/tmp;
-    uwsgi_temp_path $1/tmp; scgi_temp_path $1/tmp;
-    types { text/html html; }
-    $4
-}
-EOF
-}
-nginx_conf "$WORK/backend" "$BACKEND_PORT" 1 "server { listen 127.0.0.1:$BACKEND_PORT; root $WORK/www; }" >"$WORK/backend/nginx.conf"
-nginx_conf "$WORK/front" "$NGINX_PORT" "$(nproc)" "
-    upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 256; keepalive_requests 1000000; }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$remote_addr;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$http_host;
-        }
-    }" >"$WORK/front/nginx.conf"
+bench_page "$WORK/www/index.html"
+bench_backend_conf "$WORK/backend" "$BACKEND_PORT" "$WORK/www" >"$WORK/backend/nginx.conf"
+bench_front_conf "$WORK/front" "$NGINX_PORT" "$BACKEND_PORT" >"$WORK/front/nginx.conf"
 "$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" -e "$WORK/backend/error.log"
 "$NGINX" -p "$WORK/front" -c "$WORK/front/nginx.conf" -e "$WORK/front/error.log"
 
