@@ -1002,16 +1002,19 @@ fn the_demo_command_serves_prints_its_link_and_stops_on_ctrl_c() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut running = Running(
-        Command::new(BIN)
-            .arg("demo")
-            .current_dir(dir.path())
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let start_demo = |stderr: Stdio| {
+        Running(
+            Command::new(BIN)
+                .arg("demo")
+                .current_dir(dir.path())
+                .env_remove("RUST_LOG")
+                .stdout(Stdio::piped())
+                .stderr(stderr)
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut running = start_demo(Stdio::piped());
     let child = &mut running.0;
     let stdout = child.stdout.take().unwrap();
     let banner = std::thread::spawn(move || {
@@ -1070,16 +1073,7 @@ fn the_demo_command_serves_prints_its_link_and_stops_on_ctrl_c() {
 
     // Again with nobody reading its output at all: it still serves and stops cleanly
     // (printing the banner into a closed pipe made it panic).
-    let mut running = Running(
-        Command::new(BIN)
-            .arg("demo")
-            .current_dir(dir.path())
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut running = start_demo(Stdio::null());
     let child = &mut running.0;
     drop(child.stdout.take());
     let deadline = Instant::now() + Duration::from_secs(30);
