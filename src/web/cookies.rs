@@ -108,21 +108,13 @@ pub fn strip_own(headers: &mut HeaderMap) {
     if all.next().is_none() && !pairs(first.as_bytes()).any(|p| is_portcullis_cookie(name_of(p))) {
         return;
     }
+    // From here on the headers change: ours go, and several become one (as HTTP/1.1 wants).
     let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
-    let mut kept: Vec<&[u8]> = Vec::new();
-    let mut removed_any = false;
-    for v in &values {
-        for pair in pairs(v.as_bytes()) {
-            if is_portcullis_cookie(name_of(pair)) {
-                removed_any = true;
-            } else {
-                kept.push(pair);
-            }
-        }
-    }
-    if !removed_any && values.len() == 1 {
-        return;
-    }
+    let kept: Vec<&[u8]> = values
+        .iter()
+        .flat_map(|v| pairs(v.as_bytes()))
+        .filter(|pair| !is_portcullis_cookie(name_of(pair)))
+        .collect();
     headers.remove(header::COOKIE);
     if kept.is_empty() {
         return;
