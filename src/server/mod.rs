@@ -299,28 +299,39 @@ async fn serve_io<I>(
         }
         let _ = conn.await;
     } else {
+        let activity = idle::Activity::new();
         let service_state = state.clone();
+        let requests = activity.clone();
         let service = service_fn(move |req| {
+            let open = requests.start();
             // Boxed once here, the request's future is not copied as hyper stores and
             // polls it: unboxed, those copies of its few kilobytes were a tenth of the
             // instructions of a proxied request (BENCHMARKS.md).
             let handled = Box::pin(gate::handle(service_state.clone(), req, conn));
-            async move { Ok::<_, Infallible>(handled.await) }
+            async move { Ok::<_, Infallible>(handled.await.map(|body| open.until_end_of(body))) }
         });
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            // Also bounds how long an idle keep-alive connection is held: hyper restarts
-            // this timer while it waits for the next request head.
-            .header_read_timeout(server.header_read_timeout)
+        // No header-read timeout of hyper's: `activity` is the cheaper one (see `idle`).
+        let conn = hyper::server::conn::http1::Builder::new()
             .max_buf_size(64 * 1024)
-            .keep_alive(true);
-        let conn = builder.serve_connection(io, service).with_upgrades();
+            .keep_alive(true)
+            .serve_connection(io, service)
+            .with_upgrades();
         tokio::pin!(conn);
+        // Cuts off a connection with no request open or arriving for the timeout: an
+        // idle keep-alive connection, or a client trickling a request head. A request is
+        // open until its response body has ended, so a slow answer or a long stream is
+        // not cut; what hyper still has to flush after that gets the timeout too, as it
+        // did under hyper's own header-read timer.
+        let idle = activity.idle_for(server.header_read_timeout);
+        tokio::pin!(idle);
         tokio::select! {
             _ = conn.as_mut() => return,
+            () = idle.as_mut() => return,
             _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
         }
-        let _ = conn.await;
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            () = idle.as_mut() => {}
+        }
     }
 }

@@ -368,6 +368,97 @@ async fn slowloris_connection_is_closed() {
     assert_eq!(n, 0);
 }
 
+/// The same limit on the second request of a kept-alive connection: a first request
+/// answered, then the next head trickled in.
+#[tokio::test]
+async fn slowloris_after_a_first_request_is_closed_too() {
+    let s = setup_with("header_read_timeout = \"500ms\"", "").await;
+    let host = s
+        .server
+        .url("portal")
+        .trim_start_matches("http://")
+        .to_string();
+    let mut stream = tokio::net::TcpStream::connect(s.server.addr).await.unwrap();
+    stream
+        .write_all(format!("GET /echo HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    let answered = Instant::now();
+    stream
+        .write_all(b"GET /echo HTTP/1.1\r\nHost: portal.localhost\r\n")
+        .await
+        .unwrap();
+    let closed = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if stream.write_all(b"X").await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("a client trickling its second request head must be cut off");
+    assert!(answered.elapsed() >= Duration::from_millis(450));
+}
+
+/// An HTTP/1.1 keep-alive connection with no request open is closed after
+/// `header_read_timeout`; one waiting for a slow answer or receiving a slow body is not.
+#[tokio::test]
+async fn idle_http1_connections_are_closed_busy_ones_are_not() {
+    let s = setup_with("header_read_timeout = \"500ms\"", "").await;
+    let tcp = tokio::net::TcpStream::connect(s.server.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let closed = tokio::spawn(async move {
+        let _ = conn.await;
+        Instant::now()
+    });
+    let origin = s.server.url("portal");
+    let host = origin.trim_start_matches("http://").to_string();
+    let get = |path: &str| {
+        Request::builder()
+            .uri(path)
+            .header("host", host.as_str())
+            .body(body_from(""))
+            .unwrap()
+    };
+    // An answer slower than the idle limit: the request is open while it waits.
+    let res = sender.send_request(get("/slow/900")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.into_body().collect().await.unwrap();
+    // /stream sends three chunks 400 ms apart, 800 ms in all: longer than the limit.
+    let res = sender.send_request(get("/stream")).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "chunk0;chunk1;chunk2;");
+    // Still open for new requests.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let res = sender.send_request(get("/echo")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.into_body().collect().await.unwrap();
+    let last_answer = Instant::now();
+
+    let closed_at = tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("an idle HTTP/1.1 connection must be closed")
+        .unwrap();
+    assert!(closed_at - last_answer >= Duration::from_millis(450));
+}
+
 #[tokio::test]
 async fn graceful_shutdown_completes_the_request_in_flight() {
     let s = setup().await;
