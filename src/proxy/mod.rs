@@ -52,11 +52,11 @@ impl Upstreams {
     /// after a `101`.
     pub async fn forward(
         &self,
-        mut req: Request<Body>,
+        mut req: Box<Request<Body>>,
         upgrade: Option<HeaderValue>,
         upstream: &Upstream,
     ) -> Result<Response<Body>, ProxyError> {
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut *req));
         if let Some(proto) = &upgrade {
             req.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -113,7 +113,7 @@ impl Pool {
     pub async fn send(
         &self,
         authority: &str,
-        req: Request<Body>,
+        req: Box<Request<Body>>,
         upgrade: bool,
     ) -> Result<Response<Body>, SendError> {
         self.start_reaper();
@@ -127,7 +127,7 @@ impl Pool {
             // Boxed here and below: these paths are taken once per connection, not per
             // request, and unboxed they would make every request's future larger.
             let sender = Box::pin(self.connect(authority)).await?;
-            return Box::pin(self.send_on(sender, req, home, upgrade))
+            return Box::pin(self.send_on(sender, *req, home, upgrade))
                 .await
                 .map_err(|mut e| {
                     SendError::Unreachable(e.take_message().map_or_else(
@@ -141,7 +141,7 @@ impl Pool {
             && is_idempotent(req.method())
             && req.body().is_end_stream())
         .then(|| head_copy(&req));
-        let first = sender.try_send_request(req).await;
+        let first = sender.try_send_request(*req).await;
         match first {
             Ok(res) => Ok(wrap(res, home.cloned(), sender)),
             Err(mut e) => {
@@ -350,7 +350,9 @@ mod tests {
     }
 
     async fn hello(pool: &Pool, authority: &str) -> String {
-        let res = pool.send(authority, get(authority, "/"), false).await;
+        let res = pool
+            .send(authority, Box::new(get(authority, "/")), false)
+            .await;
         read_all(res.unwrap()).await
     }
 
@@ -446,7 +448,7 @@ mod tests {
         let (authority, counts) = upstream(Upstream::KeepAlive).await;
         let pool = Pool::new([authority.as_str()], Duration::from_secs(1), IDLE_TIMEOUT);
         let res = pool
-            .send(&authority, get(&authority, "/"), false)
+            .send(&authority, Box::new(get(&authority, "/")), false)
             .await
             .unwrap();
         drop(res);
@@ -489,7 +491,7 @@ mod tests {
         *post.method_mut() = Method::POST;
         post.headers_mut()
             .insert(http::header::CONTENT_LENGTH, "0".parse().unwrap());
-        let sent = pool.send(&authority, post, false).await;
+        let sent = pool.send(&authority, Box::new(post), false).await;
         assert!(matches!(sent, Err(SendError::Unreachable(_))), "{sent:?}");
         assert_eq!(counts.posts.load(Ordering::SeqCst), 1);
     }
