@@ -29,7 +29,6 @@ pub enum ProxyError {
 #[derive(Clone)]
 pub struct Upstreams {
     pool: Arc<Pool>,
-    response_timeout: Duration,
 }
 
 impl Upstreams {
@@ -40,8 +39,12 @@ impl Upstreams {
         response_timeout: Duration,
     ) -> Self {
         Self {
-            pool: Arc::new(Pool::new(authorities, connect_timeout, pool::IDLE_TIMEOUT)),
-            response_timeout,
+            pool: Arc::new(Pool::new(
+                authorities,
+                connect_timeout,
+                response_timeout,
+                pool::IDLE_TIMEOUT,
+            )),
         }
     }
 
@@ -83,20 +86,17 @@ impl Upstreams {
         *req.version_mut() = Version::HTTP_11;
 
         let sent = self.pool.send(&upstream.authority, req, upgrade.is_some());
-        let mut res = match tokio::time::timeout(self.response_timeout, sent).await {
-            Err(_) => return Err(ProxyError::Timeout),
-            Ok(Err(e)) => {
-                match e {
-                    SendError::Unreachable(why) => {
-                        tracing::debug!(error = %why, upstream = %upstream.authority, "upstream request failed");
-                    }
-                    SendError::ConnectTimeout => {
-                        tracing::debug!(upstream = %upstream.authority, "connecting to the upstream timed out");
-                    }
-                }
+        let mut res = match sent.await {
+            Err(SendError::Timeout) => return Err(ProxyError::Timeout),
+            Err(SendError::Unreachable(why)) => {
+                tracing::debug!(error = %why, upstream = %upstream.authority, "upstream request failed");
                 return Err(ProxyError::Unreachable);
             }
-            Ok(Ok(res)) => res,
+            Err(SendError::ConnectTimeout) => {
+                tracing::debug!(upstream = %upstream.authority, "connecting to the upstream timed out");
+                return Err(ProxyError::Unreachable);
+            }
+            Ok(res) => res,
         };
 
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {

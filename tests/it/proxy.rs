@@ -330,6 +330,28 @@ async fn slow_upstream_gets_504_after_the_configured_timeout() {
     assert_eq!(page.status, StatusCode::OK);
 }
 
+/// The same limit on a kept-alive upstream connection, which carries its timer from one
+/// request to the next: quick answers keep moving it, a slow one still runs into it.
+#[tokio::test]
+async fn slow_answer_on_a_pooled_upstream_connection_gets_504() {
+    let s = setup_with("upstream_timeout = \"300ms\"", "").await;
+    let b = Browser::new(s.server.addr);
+    for _ in 0..5 {
+        let page = b.get(&format!("{}/slow/100", s.server.url("portal"))).await;
+        assert_eq!(page.status, StatusCode::OK);
+    }
+    let started = Instant::now();
+    let page = b
+        .get(&format!("{}/slow/3000", s.server.url("portal")))
+        .await;
+    assert_eq!(page.status, StatusCode::GATEWAY_TIMEOUT);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(290), "{waited:?}");
+    assert!(waited < Duration::from_millis(2000), "{waited:?}");
+    let page = b.get(&format!("{}/slow/10", s.server.url("portal"))).await;
+    assert_eq!(page.status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn slowloris_connection_is_closed() {
     let s = setup_with("header_read_timeout = \"500ms\"", "").await;
