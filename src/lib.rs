@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod allocator;
 pub mod auth;
 pub mod cli;
 pub mod clock;

@@ -1,5 +1,8 @@
 //! The `portcullis` binary: parse the command line and run it.
 
+#[global_allocator]
+static ALLOCATOR: portcullis::allocator::Allocator = portcullis::allocator::Allocator;
+
 fn main() -> std::process::ExitCode {
     give_large_blocks_back_to_the_os();
     portcullis::cli::main()

@@ -208,6 +208,8 @@ async fn serve_connection(
     stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    // Connections are served on the runtime's workers, which live as long as the server.
+    crate::allocator::keep_stock_on_this_thread();
     let head_timeout = state.config.server.header_read_timeout;
     match tls {
         Some(acceptor) => {
