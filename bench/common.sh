@@ -72,10 +72,10 @@ bench_backend_conf() {
 }
 
 # bench_front_conf DIR PORT BACKEND_PORT: nginx as the reverse proxy Portcullis is
-# compared with — one worker per core, pooled keep-alive upstream connections, and the
-# same forwarding headers Portcullis sets.
+# compared with — one worker per core (or FRONT_WORKERS), pooled keep-alive upstream
+# connections, and the same forwarding headers Portcullis sets.
 bench_front_conf() {
-    bench_nginx_conf "$1" "$(nproc)" "    upstream backend {
+    bench_nginx_conf "$1" "${FRONT_WORKERS:-$(nproc)}" "    upstream backend {
         server 127.0.0.1:$3;
         keepalive 256;
         keepalive_requests 1000000;

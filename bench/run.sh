@@ -12,6 +12,8 @@
 #   MAX_LOAD=1.0    wait (up to LOAD_WAIT=120 s) for the 1-minute load average to drop below this
 #   SKIP_BUILD=1    use the existing target/release/portcullis
 #   PORT_BASE=18080 backend = PORT_BASE+1, nginx front = +2, Portcullis = +3
+#   FRONT_WORKERS=  worker processes of the nginx front and worker threads of Portcullis
+#                   (tokio's TOKIO_WORKER_THREADS); unset, each runs one per core, its default
 #
 # Writes bench/results-latest.md and prints the same markdown to stdout.
 set -euo pipefail
@@ -132,7 +134,8 @@ wait_port "$NGINX_PORT" "front nginx"
 
 PC_PID=""
 start_portcullis() { # $1 = RUST_LOG value
-    RUST_LOG="$1" "$BIN" serve -c "$WORK/pc/config.toml" >"$WORK/pc/portcullis-$1.log" 2>&1 &
+    env RUST_LOG="$1" ${FRONT_WORKERS:+TOKIO_WORKER_THREADS="$FRONT_WORKERS"} \
+        "$BIN" serve -c "$WORK/pc/config.toml" >"$WORK/pc/portcullis-$1.log" 2>&1 &
     PC_PID=$!
     PIDS+=("$PC_PID")
     wait_port "$PC_PORT" "portcullis (RUST_LOG=$1; log: $(tail -5 "$WORK/pc/portcullis-$1.log" 2>/dev/null))"
@@ -311,7 +314,11 @@ wrk -t"$THREADS" -c"$CONNS" -d3s -H "Host: $HOST_HDR" "http://127.0.0.1:$BACKEND
 BACKEND_ROW="$(run_wrk "small-backend" "$BACKEND_PORT" /index.html "$DURATION")"
 log "backend direct (reference): $BACKEND_ROW"
 measure_set small /index.html "$ROUNDS" "$DURATION"
-measure_set big /static/big.bin "$BIG_ROUNDS" "$BIG_DURATION"
+SETS=(small)
+if ((BIG_ROUNDS > 0)); then
+    measure_set big /static/big.bin "$BIG_ROUNDS" "$BIG_DURATION"
+    SETS+=(big)
+fi
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Portcullis with the default `info` logging (one access-log line per request, to a file).
@@ -339,6 +346,7 @@ RESULT="$WORK/results.md"
     echo "| Machine | |"
     echo "|---|---|"
     echo "| CPUs (nproc) | $NCPU |"
+    echo "| Workers of each front | ${FRONT_WORKERS:-one per core, the default of both} |"
     echo "| CPU | $CPU_MODEL |"
     echo "| Kernel | $KERNEL |"
     echo "| nginx | $NGINX_VER |"
@@ -357,7 +365,7 @@ RESULT="$WORK/results.md"
     echo
     echo "| File | Front | req/s | p50 ms | p99 ms | front CPU µs/req | throughput ratio (Portcullis/nginx) | p99 ratio (Portcullis/nginx) |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|"
-    for set in small big; do
+    for set in "${SETS[@]}"; do
         n_rps=$(median ${RPS[$set,nginx]}); p_rps=$(median ${RPS[$set,portcullis]})
         n_p50=$(median ${P50[$set,nginx]}); p_p50=$(median ${P50[$set,portcullis]})
         n_p99=$(median ${P99[$set,nginx]}); p_p99=$(median ${P99[$set,portcullis]})
