@@ -436,6 +436,29 @@ async fn slowloris_after_a_first_request_is_closed_too() {
     assert!(answered.elapsed() >= Duration::from_millis(450));
 }
 
+/// Requests that keep a connection busy for longer than the idle limit of 500 ms without
+/// leaving it idle: an answer slower than the limit (the request is open while it
+/// waits), then /stream, three chunks 400 ms apart, then a quick one on the same
+/// connection. Evaluates to when the last answer ended. A macro because the HTTP/1.1 and
+/// HTTP/2 senders share no trait.
+macro_rules! busy_but_never_idle {
+    ($sender:ident, $get:ident, $version:expr) => {{
+        let res = $sender.send_request($get("/slow/900")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.into_body().collect().await.unwrap();
+        let res = $sender.send_request($get("/stream")).await.unwrap();
+        assert_eq!(res.version(), $version);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "chunk0;chunk1;chunk2;");
+        // Still open for new requests: not shut down while the body was being sent.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let res = $sender.send_request($get("/echo")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.into_body().collect().await.unwrap();
+        Instant::now()
+    }};
+}
+
 /// An HTTP/1.1 keep-alive connection with no request open is closed after
 /// `header_read_timeout`; one waiting for a slow answer or receiving a slow body is not.
 #[tokio::test]
@@ -459,21 +482,7 @@ async fn idle_http1_connections_are_closed_busy_ones_are_not() {
             .body(body_from(""))
             .unwrap()
     };
-    // An answer slower than the idle limit: the request is open while it waits.
-    let res = sender.send_request(get("/slow/900")).await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    res.into_body().collect().await.unwrap();
-    // /stream sends three chunks 400 ms apart, 800 ms in all: longer than the limit.
-    let res = sender.send_request(get("/stream")).await.unwrap();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(body, "chunk0;chunk1;chunk2;");
-    // Still open for new requests.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let res = sender.send_request(get("/echo")).await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    res.into_body().collect().await.unwrap();
-    let last_answer = Instant::now();
-
+    let last_answer = busy_but_never_idle!(sender, get, http::Version::HTTP_11);
     let closed_at = tokio::time::timeout(Duration::from_secs(5), closed)
         .await
         .expect("an idle HTTP/1.1 connection must be closed")
@@ -835,22 +844,7 @@ async fn idle_http2_connections_are_closed_busy_ones_are_not() {
             .body(body_from(""))
             .unwrap()
     };
-    // An answer slower than the idle limit: the request is open while it waits.
-    let res = sender.send_request(get("/slow/900")).await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    res.into_body().collect().await.unwrap();
-    // /stream sends three chunks 400 ms apart: longer than the idle limit.
-    let res = sender.send_request(get("/stream")).await.unwrap();
-    assert_eq!(res.version(), http::Version::HTTP_2);
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(body, "chunk0;chunk1;chunk2;");
-    // Still open for new requests: it was not shut down while the body was being sent.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let res = sender.send_request(get("/echo")).await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    res.into_body().collect().await.unwrap();
-    let last_answer = Instant::now();
-
+    let last_answer = busy_but_never_idle!(sender, get, http::Version::HTTP_2);
     let closed_at = tokio::time::timeout(Duration::from_secs(5), closed)
         .await
         .expect("an idle HTTP/2 connection must be closed")
