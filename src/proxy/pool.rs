@@ -74,7 +74,9 @@ struct IdleConnection {
 /// (`bench/instructions.sh`). This one lives as long as the connection and is only moved
 /// when a request needs a later deadline than it has, to an eighth of the timeout past
 /// that, so it is moved about once per eighth of the timeout, not per request; a request
-/// is cut off between the response timeout and an eighth more (37,144 -> 36,847).
+/// is cut off between the response timeout and an eighth more (37,144 -> 36,847). While
+/// the connection is idle its timer keeps the waker of the last request's task until it
+/// expires; that task is then woken once for nothing.
 struct Conn {
     sender: SendRequest<Body>,
     answer_by: Pin<Box<Sleep>>,
@@ -141,10 +143,14 @@ impl Pool {
         let home = self.inner.upstreams.get(authority);
         // An upgraded connection becomes a tunnel and never returns to the pool.
         let pooled = match home {
-            Some(idle) if !upgrade => self.checkout(idle).await,
+            Some(idle) if !upgrade => self.checkout(idle, answer_by).await,
             _ => None,
         };
         let Some((mut conn, idle_for)) = pooled else {
+            if Instant::now() >= answer_by {
+                // Spent waiting for a pooled connection to become ready.
+                return Err(SendError::Timeout);
+            }
             // Boxed here and below: these paths are taken once per connection, not per
             // request, and unboxed they would make every request's future larger.
             let fresh = Box::pin(self.send_on_new(authority, *req, home, upgrade));
@@ -213,8 +219,9 @@ impl Pool {
         Ok(wrap(res, home, conn))
     }
 
-    /// The most recently used idle connection that is still open and ready.
-    async fn checkout(&self, idle: &Idle) -> Option<(Conn, Duration)> {
+    /// The most recently used idle connection that is still open and ready, waited for
+    /// no later than `answer_by`.
+    async fn checkout(&self, idle: &Idle, answer_by: Instant) -> Option<(Conn, Duration)> {
         loop {
             let candidate = idle.lock().pop()?;
             let idle_for = candidate.since.elapsed();
@@ -224,9 +231,15 @@ impl Pool {
             }
             if !conn.sender.is_ready() {
                 // The connection task has not yet seen the previous response out; it
-                // will in a moment, or report that the connection closed.
-                let ready = tokio::time::timeout(self.inner.connect_timeout, conn.sender.ready());
+                // will in a moment, or report that the connection closed. It can also
+                // stay busy: the response ended before the request body was all sent (an
+                // upload refused early) and the client is still sending.
+                let wait_until = answer_by.min(Instant::now() + self.inner.connect_timeout);
+                let ready = tokio::time::timeout_at(wait_until, conn.sender.ready());
                 if !matches!(ready.await, Ok(Ok(()))) {
+                    if Instant::now() >= answer_by {
+                        return None;
+                    }
                     continue;
                 }
             }
@@ -486,6 +499,54 @@ mod tests {
         }
         assert_eq!(counts.connections.load(Ordering::SeqCst), 1);
         assert_eq!(pool.idle_count(&authority), 1);
+    }
+
+    /// A request body that never ends.
+    struct Endless;
+
+    impl HttpBody for Endless {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Pending
+        }
+    }
+
+    /// The upstream answers an upload before reading its body, so the connection goes
+    /// back to the pool still busy sending it. The next request waits for it only until
+    /// its own response timeout, not for the connect timeout.
+    #[tokio::test]
+    async fn waiting_for_a_busy_pooled_connection_counts_against_the_timeout() {
+        let (authority, _) = upstream(Upstream::KeepAlive).await;
+        let response_timeout = Duration::from_millis(300);
+        let pool = Pool::new(
+            [authority.as_str()],
+            Duration::from_secs(5),
+            response_timeout,
+            IDLE_TIMEOUT,
+        );
+        let mut upload = get(&authority, "/");
+        *upload.method_mut() = Method::POST;
+        *upload.body_mut() = http_body_util::BodyExt::boxed(Endless);
+        let res = pool
+            .send(&authority, Box::new(upload), false)
+            .await
+            .unwrap();
+        assert_eq!(read_all(res).await, "hello");
+        assert_eq!(pool.idle_count(&authority), 1);
+
+        let started = Instant::now();
+        let sent = pool
+            .send(&authority, Box::new(get(&authority, "/")), false)
+            .await;
+        let waited = started.elapsed();
+        assert!(matches!(sent, Err(SendError::Timeout)), "{sent:?}");
+        assert!(waited >= response_timeout, "{waited:?}");
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
     }
 
     #[tokio::test]

@@ -312,8 +312,10 @@ async fn serve_io<I>(
             let handled = Box::pin(gate::handle(service_state.clone(), req, conn));
             async move { Ok::<_, Infallible>(handled.await.map(|body| open.until_end_of(body))) }
         });
-        // No header-read timeout of hyper's: `activity` is the cheaper one (see `idle`).
+        // Not hyper's header-read timeout (`activity` is the cheaper one, see `idle`),
+        // whose default of 30 s applies only with a timer set; said here all the same.
         let conn = hyper::server::conn::http1::Builder::new()
+            .header_read_timeout(None)
             .max_buf_size(64 * 1024)
             .keep_alive(true)
             .serve_connection(io, service)
