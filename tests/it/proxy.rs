@@ -352,6 +352,21 @@ async fn slow_answer_on_a_pooled_upstream_connection_gets_504() {
     assert_eq!(page.status, StatusCode::OK);
 }
 
+/// Trickles one more header byte every 100 ms until the server hangs up.
+async fn trickle_until_closed(stream: &mut tokio::net::TcpStream) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if stream.write_all(b"X").await.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            _ => {}
+        }
+    }
+}
+
 #[tokio::test]
 async fn slowloris_connection_is_closed() {
     let s = setup_with("header_read_timeout = \"500ms\"", "").await;
@@ -361,21 +376,7 @@ async fn slowloris_connection_is_closed() {
         .write_all(b"GET /echo HTTP/1.1\r\nHost: portal.localhost\r\n")
         .await
         .unwrap();
-    // Trickle one header byte every 100 ms; the server must hang up regardless.
-    let closed = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if stream.write_all(b"X").await.is_err() {
-                return;
-            }
-            let mut buf = [0u8; 512];
-            match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return,
-                _ => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), closed)
+    tokio::time::timeout(Duration::from_secs(5), trickle_until_closed(&mut stream))
         .await
         .unwrap();
     assert!(started.elapsed() >= Duration::from_millis(450));
@@ -418,19 +419,7 @@ async fn slowloris_after_a_first_request_is_closed_too() {
         .write_all(b"GET /echo HTTP/1.1\r\nHost: portal.localhost\r\n")
         .await
         .unwrap();
-    let closed = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if stream.write_all(b"X").await.is_err() {
-                return;
-            }
-            match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return,
-                _ => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), closed)
+    tokio::time::timeout(Duration::from_secs(5), trickle_until_closed(&mut stream))
         .await
         .expect("a client trickling its second request head must be cut off");
     assert!(answered.elapsed() >= Duration::from_millis(450));
