@@ -34,6 +34,8 @@ pub enum Refusal {
         retry_after_secs: u64,
     },
     PayloadTooLarge,
+    /// A form's body did not arrive within the client time limit (a trickling client).
+    RequestTimeout,
     /// The upstream refused, reset or could not be reached.
     BadGateway {
         app: String,
@@ -65,6 +67,7 @@ impl Refusal {
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Refusal::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -100,6 +103,10 @@ impl Refusal {
             Refusal::PayloadTooLarge => (
                 "Request too large".into(),
                 "That form was larger than allowed. Go back and try again with shorter entries.".into(),
+            ),
+            Refusal::RequestTimeout => (
+                "That took too long".into(),
+                "The form did not arrive in time. Check your connection, go back and submit it again.".into(),
             ),
             Refusal::BadGateway { app } => (
                 format!("{app} is not available"),
@@ -154,6 +161,7 @@ fn error_code(r: &Refusal) -> &'static str {
         Refusal::CsrfRejected => "csrf_rejected",
         Refusal::TooManyRequests { .. } => "too_many_requests",
         Refusal::PayloadTooLarge => "payload_too_large",
+        Refusal::RequestTimeout => "request_timeout",
         Refusal::BadGateway { .. } => "bad_gateway",
         Refusal::GatewayTimeout { .. } => "gateway_timeout",
         Refusal::Unavailable => "unavailable",

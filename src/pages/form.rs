@@ -2,6 +2,7 @@
 //! bounded fields. Anything else is a clear 4xx, never a panic.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use http::request::Parts;
 use http::{header, Request};
@@ -23,7 +24,11 @@ impl Form {
     }
 }
 
-pub async fn read(req: Request<Body>) -> Result<(Parts, Form), Refusal> {
+/// Reads and parses a posted form whose body must arrive `within` the client time limit:
+/// the connection's idle limit does not run while a request is open, so without this a
+/// client trickling a form body would hold its connection (and this task) for as long as
+/// it liked.
+pub async fn read(req: Request<Body>, within: Duration) -> Result<(Parts, Form), Refusal> {
     let (parts, body) = req.into_parts();
     let is_form = parts
         .headers
@@ -40,7 +45,14 @@ pub async fn read(req: Request<Body>) -> Result<(Parts, Form), Refusal> {
             "This page only accepts its own form. Go back and submit the form again.".into(),
         ));
     }
-    let mut body = body;
+    let bytes = tokio::time::timeout(within, collect(body))
+        .await
+        .map_err(|_| Refusal::RequestTimeout)??;
+    let form = parse(&bytes).map_err(Refusal::BadRequest)?;
+    Ok((parts, form))
+}
+
+async fn collect(mut body: Body) -> Result<Vec<u8>, Refusal> {
     let mut bytes: Vec<u8> = Vec::new();
     // A manual loop rather than `Limited`: same bound, and it keeps the future's error
     // types simple enough for rustc to see that it is `Send`.
@@ -57,8 +69,7 @@ pub async fn read(req: Request<Body>) -> Result<(Parts, Form), Refusal> {
             bytes.extend_from_slice(&data);
         }
     }
-    let form = parse(&bytes).map_err(Refusal::BadRequest)?;
-    Ok((parts, form))
+    Ok(bytes)
 }
 
 /// `application/x-www-form-urlencoded` (WHATWG URL §5.1), strictly: malformed UTF-8
@@ -104,6 +115,49 @@ mod tests {
         assert_eq!(f.get("password"), "p&=é");
         assert_eq!(f.get("x"), "");
         assert_eq!(f.get("missing"), "");
+    }
+
+    /// A body that sends its first bytes and then nothing more.
+    struct Trickle(bool);
+
+    impl http_body::Body for Trickle {
+        type Data = bytes::Bytes;
+        type Error = crate::web::BoxError;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            if std::mem::replace(&mut self.0, true) {
+                return std::task::Poll::Pending;
+            }
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                b"username=al",
+            )))))
+        }
+    }
+
+    fn posted(body: Body) -> Request<Body> {
+        Request::post("/.portcullis/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_form_body_that_stops_arriving_is_refused_after_the_limit() {
+        let started = tokio::time::Instant::now();
+        let refused = read(posted(Body::new(Trickle(false))), Duration::from_secs(10)).await;
+        assert!(matches!(refused, Err(Refusal::RequestTimeout)));
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        // A whole form within the limit is read as before.
+        let (_, form) = read(
+            posted(crate::web::full("username=alice")),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(form.get("username"), "alice");
     }
 
     #[test]

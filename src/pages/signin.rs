@@ -248,7 +248,9 @@ async fn accept_post(
     let binding = cookies::get(req.headers(), state.cookies.csrf)
         .and_then(SecretToken::parse)
         .map(|t| t.encode());
-    let (parts, form) = form::read(req).await.map_err(|r| refuse(state, r))?;
+    let (parts, form) = form::read(req, state.config.server.header_read_timeout)
+        .await
+        .map_err(|r| refuse(state, r))?;
     let Some(binding) = binding else {
         return Err(refuse(state, Refusal::CsrfRejected));
     };

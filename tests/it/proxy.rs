@@ -479,6 +479,43 @@ async fn idle_http1_connections_are_closed_busy_ones_are_not() {
     assert!(closed_at - last_answer >= Duration::from_millis(450));
 }
 
+/// A request whose head arrived is open, so the idle limit does not cut it; a sign-in
+/// form whose body trickles is cut off by the form's own limit (the same
+/// `header_read_timeout`) with a 408.
+#[tokio::test]
+async fn a_trickled_sign_in_form_gets_408() {
+    let s = setup_with("header_read_timeout = \"500ms\"", "").await;
+    let origin = s.server.url("login");
+    let host = origin.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(s.server.addr).await.unwrap();
+    let head = format!(
+        "POST /.portcullis/login HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n\
+         username=al"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed without an answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("a trickled form must be answered, not held");
+    let waited = started.elapsed();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(waited >= Duration::from_millis(450), "{waited:?}");
+}
+
 #[tokio::test]
 async fn graceful_shutdown_completes_the_request_in_flight() {
     let s = setup().await;
