@@ -299,7 +299,13 @@ async fn serve_io<I>(
             // The same limit as an idle HTTP/1.1 keep-alive connection's.
             () = activity.idle_for(server.header_read_timeout) => conn.as_mut().graceful_shutdown(),
         }
-        let _ = conn.await;
+        // Streams still open may finish. A client that leaves the connection idle again,
+        // one that never answers the GOAWAY's ping say, is dropped after the same limit
+        // instead of when hyper's keep-alive ping gives up on it (40 s).
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            () = activity.idle_for(server.header_read_timeout) => {}
+        }
     } else {
         let activity = idle::Activity::new();
         let service_state = state.clone();

@@ -878,6 +878,48 @@ async fn idle_http2_connections_are_closed_busy_ones_are_not() {
     assert!(closed_at - last_answer >= Duration::from_millis(250));
 }
 
+/// After the idle limit, an HTTP/2 connection is shut down gracefully: a GOAWAY, then
+/// waiting for the client to finish. A client that never answers (no SETTINGS
+/// acknowledgement, no PING reply, no close) gets one more idle period, not the 40 s
+/// hyper's keep-alive ping takes to give up on it.
+#[tokio::test]
+async fn a_silent_http2_client_is_closed_after_the_goaway() {
+    let s = setup_with("header_read_timeout = \"500ms\"", "").await;
+    let mut stream = tokio::net::TcpStream::connect(s.server.addr).await.unwrap();
+    let started = Instant::now();
+    // The preface and an empty SETTINGS frame; nothing else is ever sent.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    stream.write_all(&hello).await.unwrap();
+    let mut frames = Vec::new();
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => frames.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "a client that never answers must be cut off after the GOAWAY"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    // It was a graceful shutdown: a GOAWAY frame (type 7) came before the close.
+    let mut at = 0;
+    let mut kinds = Vec::new();
+    while at + 9 <= frames.len() {
+        let len = usize::from(frames[at]) << 16
+            | usize::from(frames[at + 1]) << 8
+            | usize::from(frames[at + 2]);
+        kinds.push(frames[at + 3]);
+        at += 9 + len;
+    }
+    assert!(kinds.contains(&7), "frames seen: {kinds:?}");
+}
+
 #[tokio::test]
 async fn config_errors_name_the_key_and_nothing_starts() {
     let dir = tempfile::tempdir().unwrap();
