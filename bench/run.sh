@@ -251,10 +251,11 @@ our_ticks() { # utime+stime of all our long-running processes (all threads)
     done
     echo "$t"
 }
-front_ticks() { # nginx | portcullis → utime+stime of that front's processes
+front_ticks() { # nginx | portcullis | backend → utime+stime of those processes
     local pids pid t=0
-    if [[ $1 == nginx ]]; then
-        pids="$(cat "$WORK/front/nginx.pid") $(ps -o pid= --ppid "$(cat "$WORK/front/nginx.pid")")"
+    if [[ $1 == nginx || $1 == backend ]]; then
+        local dir=front; [[ $1 == backend ]] && dir=backend
+        pids="$(cat "$WORK/$dir/nginx.pid") $(ps -o pid= --ppid "$(cat "$WORK/$dir/nginx.pid")")"
     else
         pids="$PC_PID"
     fi
@@ -275,7 +276,7 @@ other_cpu() {
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2 }'; }
 
-declare -A RPS P50 P99 CPU
+declare -A RPS P50 P99 CPU BACKEND_CPU
 ROWS=()   # per-round markdown rows, in the order run
 OTHERS=() # CPUs busy with other work, per round
 measure_set() { # set_name path rounds duration
@@ -290,19 +291,21 @@ measure_set() { # set_name path rounds duration
         for front in "${order[@]}"; do
             port=$NGINX_PORT; [[ $front == portcullis ]] && port=$PC_PORT
             local c0 o0 c1 o1 wt other steal
-            local f0 f1 nreq cpu_us
-            c0=$(cpu_stat); o0=$(our_ticks); f0=$(front_ticks "$front")
+            local f0 f1 b0 b1 nreq cpu_us backend_us
+            c0=$(cpu_stat); o0=$(our_ticks); f0=$(front_ticks "$front"); b0=$(front_ticks backend)
             parsed=$(run_wrk "$set-$front-$r" "$port" "$path" "$dur")
-            c1=$(cpu_stat); o1=$(our_ticks); f1=$(front_ticks "$front")
+            c1=$(cpu_stat); o1=$(our_ticks); f1=$(front_ticks "$front"); b1=$(front_ticks backend)
             nreq=$(awk '/requests in/{print $1}' "$WORK/wrk-$set-$front-$r.txt")
             cpu_us=$(awk -v t=$((f1 - f0)) -v n="$nreq" -v hz="$CLK_TCK" 'BEGIN{ printf "%.1f", t*1e6/hz/n }')
+            backend_us=$(awk -v t=$((b1 - b0)) -v n="$nreq" -v hz="$CLK_TCK" 'BEGIN{ printf "%.1f", t*1e6/hz/n }')
             CPU[$set,$front]+="$cpu_us "
+            BACKEND_CPU[$set,$front]+="$backend_us "
             read -r rps p50 p99 _ _ wt <<<"$parsed"
             read -r other steal <<<"$(other_cpu "$c0" "$o0" "$c1" "$o1" "$wt")"
             OTHERS+=("$other")
             RPS[$set,$front]+="$rps "; P50[$set,$front]+="$p50 "; P99[$set,$front]+="$p99 "
-            ROWS+=("| $set | $r | $front | $(printf '%.0f' "$rps") | $p50 | $p99 | $cpu_us | $other | $steal | $(cut -d' ' -f1 /proc/loadavg) |")
-            log "$set round $r $front: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, front CPU ${cpu_us} µs/req; other work ${other} CPUs, steal ${steal}%"
+            ROWS+=("| $set | $r | $front | $(printf '%.0f' "$rps") | $p50 | $p99 | $cpu_us | $backend_us | $other | $steal | $(cut -d' ' -f1 /proc/loadavg) |")
+            log "$set round $r $front: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, front CPU ${cpu_us} µs/req, backend CPU ${backend_us} µs/req; other work ${other} CPUs, steal ${steal}%"
             sleep 1
         done
     done
@@ -360,17 +363,20 @@ RESULT="$WORK/results.md"
     echo
     echo "wrk -t$THREADS -c$CONNS --latency, keep-alive; small = /index.html (${SMALL_BYTES} B) ${DURATION} × $ROUNDS rounds per front;"
     echo "big = /static/big.bin (65536 B) ${BIG_DURATION} × $BIG_ROUNDS rounds per front. Fronts alternate within each round."
+    echo "Backend CPU µs/req: for the small file the backend does the same work per request for either front, so a"
+    echo "round in which it costs clearly more ran in a slower phase of the machine (on a shared VM both fronts have"
+    echo "such rounds). For the big file it differs by front: how a front reads changes how often the backend is woken."
     echo
     echo "## Medians"
     echo
-    echo "| File | Front | req/s | p50 ms | p99 ms | front CPU µs/req | throughput ratio (Portcullis/nginx) | p99 ratio (Portcullis/nginx) |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|"
+    echo "| File | Front | req/s | p50 ms | p99 ms | front CPU µs/req | backend CPU µs/req | throughput ratio (Portcullis/nginx) | p99 ratio (Portcullis/nginx) |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
     for set in "${SETS[@]}"; do
         n_rps=$(median ${RPS[$set,nginx]}); p_rps=$(median ${RPS[$set,portcullis]})
         n_p50=$(median ${P50[$set,nginx]}); p_p50=$(median ${P50[$set,portcullis]})
         n_p99=$(median ${P99[$set,nginx]}); p_p99=$(median ${P99[$set,portcullis]})
-        echo "| $set | nginx | $(printf '%.0f' "$n_rps") | $n_p50 | $n_p99 | $(printf "%.1f" "$(median ${CPU[$set,nginx]})") | | |"
-        echo "| $set | Portcullis | $(printf '%.0f' "$p_rps") | $p_p50 | $p_p99 | $(printf "%.1f" "$(median ${CPU[$set,portcullis]})") | **$(ratio "$p_rps" "$n_rps")×** | **$(ratio "$p_p99" "$n_p99")×** |"
+        echo "| $set | nginx | $(printf '%.0f' "$n_rps") | $n_p50 | $n_p99 | $(printf "%.1f" "$(median ${CPU[$set,nginx]})") | $(printf "%.1f" "$(median ${BACKEND_CPU[$set,nginx]})") | | |"
+        echo "| $set | Portcullis | $(printf '%.0f' "$p_rps") | $p_p50 | $p_p99 | $(printf "%.1f" "$(median ${CPU[$set,portcullis]})") | $(printf "%.1f" "$(median ${BACKEND_CPU[$set,portcullis]})") | **$(ratio "$p_rps" "$n_rps")×** | **$(ratio "$p_p99" "$n_p99")×** |"
         if [[ $set == small ]]; then
             SMALL_TP=$(ratio "$p_rps" "$n_rps"); SMALL_P99=$(ratio "$p_p99" "$n_p99")
             SMALL_N_RPS=$n_rps
@@ -378,10 +384,10 @@ RESULT="$WORK/results.md"
     done
     if [[ -n "$INFO_ROW" ]]; then
         read -r rps p50 p99 <<<"$INFO_ROW"
-        echo "| small | Portcullis, RUST_LOG=info (1 run) | $(printf '%.0f' "$rps") | $p50 | $p99 | | $(ratio "$rps" "$SMALL_N_RPS")× | |"
+        echo "| small | Portcullis, RUST_LOG=info (1 run) | $(printf '%.0f' "$rps") | $p50 | $p99 | | | $(ratio "$rps" "$SMALL_N_RPS")× | |"
     fi
     read -r rps p50 p99 _ _ <<<"$BACKEND_ROW"
-    echo "| small | (reference) backend nginx direct, no proxy (1 run) | $(printf '%.0f' "$rps") | $p50 | $p99 | | | |"
+    echo "| small | (reference) backend nginx direct, no proxy (1 run) | $(printf '%.0f' "$rps") | $p50 | $p99 | | | | |"
     echo
     verdict="MET"
     awk -v t="$SMALL_TP" -v p="$SMALL_P99" 'BEGIN{exit !(t>=0.9 && p<=1.5)}' || verdict="NOT MET"
@@ -389,8 +395,8 @@ RESULT="$WORK/results.md"
     echo
     echo "## Every round"
     echo
-    echo "| File | Round | Front | req/s | p50 ms | p99 ms | front CPU µs/req | CPUs busy with other work | steal % | 1-min load avg after |"
-    echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| File | Round | Front | req/s | p50 ms | p99 ms | front CPU µs/req | backend CPU µs/req | CPUs busy with other work | steal % | 1-min load avg after |"
+    echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     printf '%s\n' "${ROWS[@]}"
 } >"$RESULT"
 
