@@ -312,6 +312,28 @@ async fn show_reports_enrolment_failures_and_lock() {
     ));
 }
 
+/// Guesses in flight together are each judged against the lock as it stands once their
+/// hash is done: a burst of wrong passwords with the right one behind them must not get
+/// the right one through after the account has locked (all of them arrive, and would
+/// read the lock, before the first hash is done).
+#[tokio::test]
+async fn a_burst_of_guesses_cannot_outrun_the_lockout() {
+    let f = fixture();
+    add(&f.accounts, "nina", Some(GOOD)).await;
+    let wrong: Vec<String> = (0..10).map(|i| format!("wrong guess number {i}")).collect();
+    let mut guesses: Vec<_> = wrong
+        .iter()
+        .map(|w| f.accounts.sign_in_password("nina", pw(w), None))
+        .collect();
+    guesses.push(f.accounts.sign_in_password("nina", pw(GOOD), None));
+    let results = futures_util::future::join_all(guesses).await;
+    match results.last() {
+        Some(Err(crate::accounts::signin::SignInError::Locked { .. })) => {}
+        other => panic!("the right password got through a locked account: {other:?}"),
+    }
+    assert!(results[..10].iter().all(|r| r.is_err()));
+}
+
 #[tokio::test]
 async fn list_is_ordered_by_name_ignoring_case() {
     let f = fixture();

@@ -194,10 +194,6 @@ impl Accounts {
             .as_ref()
             .filter(|u| u.status != UserStatus::Disabled)
             .and_then(|u| u.password_hash.clone());
-        let locked = match &user {
-            Some(u) => self.locked_until(u)?,
-            None => None,
-        };
         let verification = self
             .hasher
             .verify(password.clone(), stored_hash.as_deref())
@@ -214,7 +210,10 @@ impl Accounts {
             );
             return Err(SignInError::BadCredentials);
         };
-        if let Some(until) = locked {
+        // Read once the hash is done, not when the request arrived: of a burst of guesses
+        // in flight together, every one that read the lock before any was counted would be
+        // judged, and a right one let through, after the account had locked.
+        if let Some(until) = self.locked_until(&user)? {
             self.metrics.signin(SignInOutcome::Locked);
             // The same answer whether or not the password was right (SPEC §5).
             self.audit(
