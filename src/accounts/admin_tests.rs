@@ -334,6 +334,92 @@ async fn a_burst_of_guesses_cannot_outrun_the_lockout() {
     assert!(results[..10].iter().all(|r| r.is_err()));
 }
 
+async fn pending_sign_in(a: &Accounts, name: &str) -> SecretToken {
+    a.sign_in_password(name, pw(GOOD), None).await.unwrap().0
+}
+
+/// The pending sign-in as a page sees it on its next request: read afresh.
+fn pending(a: &Accounts, token: &SecretToken) -> crate::accounts::signin::Verified {
+    a.pending(token).unwrap().unwrap()
+}
+
+/// The enrolment secret belongs to the sign-in it was shown to: the same on a reload of
+/// that sign-in's page, a new one for the next sign-in, so a secret seen by someone who
+/// had only the password cannot be the one the owner enrols later.
+#[tokio::test]
+async fn an_enrolment_secret_is_shown_to_one_sign_in_only() {
+    let f = fixture();
+    add(&f.accounts, "olga", Some(GOOD)).await;
+    let first = pending_sign_in(&f.accounts, "olga").await;
+    let seen_first = f
+        .accounts
+        .enrolment_secret(&pending(&f.accounts, &first))
+        .unwrap();
+    assert_eq!(
+        f.accounts
+            .enrolment_secret(&pending(&f.accounts, &first))
+            .unwrap()
+            .as_bytes(),
+        seen_first.as_bytes(),
+        "a reload of the same sign-in shows the same secret"
+    );
+    let second = pending_sign_in(&f.accounts, "olga").await;
+    let seen_second = f
+        .accounts
+        .enrolment_secret(&pending(&f.accounts, &second))
+        .unwrap();
+    assert_ne!(seen_second.as_bytes(), seen_first.as_bytes());
+    // The first sign-in cannot finish with the secret it saw, and nothing changes.
+    let before = snapshot(&f.accounts);
+    let code = crate::auth::code_at(&seen_first, crate::clock::Clock::now(&f.clock));
+    assert!(matches!(
+        f.accounts
+            .finish_enrolment(&pending(&f.accounts, &first), &code, None)
+            .await,
+        Err(crate::accounts::signin::SignInError::Expired)
+    ));
+    assert_eq!(snapshot(&f.accounts), before);
+    // The second one can, and the secret then works at the code step.
+    let code = crate::auth::code_at(&seen_second, crate::clock::Clock::now(&f.clock));
+    f.accounts
+        .finish_enrolment(&pending(&f.accounts, &second), &code, None)
+        .await
+        .unwrap();
+    f.clock.advance(30);
+    let third = pending_sign_in(&f.accounts, "olga").await;
+    let code = crate::auth::code_at(&seen_second, crate::clock::Clock::now(&f.clock));
+    f.accounts
+        .verify_second_factor(&pending(&f.accounts, &third), &code, None)
+        .await
+        .unwrap();
+}
+
+/// A stored pending secret that cannot be opened (damaged) is replaced by a new one.
+#[tokio::test]
+async fn an_enrolment_secret_that_cannot_be_opened_is_replaced() {
+    let f = fixture();
+    let (user, _) = add(&f.accounts, "pia", Some(GOOD)).await;
+    let token = pending_sign_in(&f.accounts, "pia").await;
+    f.accounts
+        .store
+        .update_user(&user.id, &mut |u| {
+            u.pending_totp = Some(vec![9u8; 49]);
+            Ok(())
+        })
+        .unwrap();
+    let secret = f
+        .accounts
+        .enrolment_secret(&pending(&f.accounts, &token))
+        .unwrap();
+    let now_stored = pending(&f.accounts, &token);
+    assert_ne!(now_stored.user.pending_totp, Some(vec![9u8; 49]));
+    let code = crate::auth::code_at(&secret, crate::clock::Clock::now(&f.clock));
+    f.accounts
+        .finish_enrolment(&now_stored, &code, None)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn list_is_ordered_by_name_ignoring_case() {
     let f = fixture();

@@ -125,6 +125,15 @@ pub fn session_alive(s: &Session, user: &User, now: UnixSeconds, idle_timeout: i
         && s.user_id == user.id
 }
 
+/// What a pending enrolment secret is sealed with: the account and the pending sign-in
+/// it was made for.
+fn pending_secret_aad(pending: &Verified) -> Vec<u8> {
+    let mut aad = pending.user.id.to_string().into_bytes();
+    aad.push(b'/');
+    aad.extend_from_slice(&pending.session.id_hash);
+    aad
+}
+
 impl Accounts {
     fn now(&self) -> UnixSeconds {
         self.clock.now()
@@ -298,51 +307,59 @@ impl Accounts {
     }
 
     /// The secret shown on the enrolment page. The same one is shown on every reload
-    /// until enrolment finishes, so a person who scanned it once is not confused.
-    pub fn enrolment_secret(&self, user: &User) -> Result<TotpSecret, SignInError> {
-        let aad = user.id.to_string();
-        if let Some(sealed) = &user.pending_totp {
-            if let Ok(plain) = self.secrets.open(sealed, aad.as_bytes()) {
-                if let Some(secret) = TotpSecret::from_slice(&plain) {
-                    return Ok(secret);
-                }
-            }
+    /// of this sign-in's page until enrolment finishes, so a person who scanned it once
+    /// is not confused. It is sealed for this pending sign-in: a later sign-in cannot
+    /// open it and gets a new one, so a secret seen by someone who had only the password
+    /// is useless once the owner signs in. One that cannot be opened is replaced, too.
+    pub fn enrolment_secret(&self, pending: &Verified) -> Result<TotpSecret, SignInError> {
+        let user = &pending.user;
+        let aad = pending_secret_aad(pending);
+        let open = |sealed: &[u8]| {
+            self.secrets
+                .open(sealed, &aad)
+                .ok()
+                .and_then(|plain| TotpSecret::from_slice(&plain))
+        };
+        if let Some(secret) = user.pending_totp.as_deref().and_then(open) {
+            return Ok(secret);
         }
         let secret = TotpSecret::generate()?;
-        let sealed = self.secrets.seal(secret.as_bytes(), aad.as_bytes());
+        let sealed = self.secrets.seal(secret.as_bytes(), &aad);
         let now = self.now();
         let updated = self.store.update_user(&user.id, &mut |u| {
-            // Another tab may have created one meanwhile; keep theirs.
-            if u.pending_totp.is_none() {
+            // Another tab of this sign-in may have made one meanwhile: keep that one.
+            if u.pending_totp.as_deref().and_then(open).is_none() {
                 u.pending_totp = Some(sealed.clone());
                 u.updated_at = now;
             }
             Ok(())
         })?;
-        match &updated.pending_totp {
-            Some(stored) if *stored != sealed => self.enrolment_secret(&updated),
-            _ => Ok(secret),
-        }
+        // What is stored now opens: ours, or the other tab's.
+        updated
+            .pending_totp
+            .as_deref()
+            .and_then(open)
+            .ok_or_else(|| SignInError::Unavailable("the new enrolment secret was not kept".into()))
     }
 
     /// Step 3: a correct code stores the secret and remembers the code's step as used.
     pub async fn finish_enrolment(
         &self,
-        user: &User,
+        pending: &Verified,
         code: &str,
         ip: Option<&str>,
     ) -> Result<(), SignInError> {
+        let user = &pending.user;
         if let Some(until) = self.locked_until(user)? {
             return Err(SignInError::Locked { until });
         }
         let Some(sealed) = user.pending_totp.clone() else {
             return Err(SignInError::Expired);
         };
-        let aad = user.id.to_string();
-        let plain = self
-            .secrets
-            .open(&sealed, aad.as_bytes())
-            .map_err(|e| SignInError::Unavailable(e.to_string()))?;
+        // Made for another sign-in (a newer one elsewhere replaced it): not this page's.
+        let Ok(plain) = self.secrets.open(&sealed, &pending_secret_aad(pending)) else {
+            return Err(SignInError::Expired);
+        };
         let secret = TotpSecret::from_slice(&plain).ok_or(SignInError::Expired)?;
         let step = match auth::verify_code(&secret, code, self.now(), None) {
             Ok(step) => step,
@@ -355,7 +372,14 @@ impl Accounts {
             }
         };
         let now = self.now();
-        match self.store.complete_enrolment(&user.id, &sealed, step, now) {
+        // From now on it belongs to the account, not to this sign-in.
+        let credential = self
+            .secrets
+            .seal(secret.as_bytes(), user.id.to_string().as_bytes());
+        match self
+            .store
+            .complete_enrolment(&user.id, &sealed, &credential, step, now)
+        {
             Ok(_) => {}
             Err(StoreError::Invalid(_)) | Err(StoreError::NotFound) => {
                 return Err(SignInError::Expired)

@@ -449,7 +449,7 @@ fn enroll_form(
     error: Option<String>,
     status: StatusCode,
 ) -> Response<Body> {
-    let secret: TotpSecret = match state.accounts.enrolment_secret(&pending.user) {
+    let secret: TotpSecret = match state.accounts.enrolment_secret(pending) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "could not prepare enrolment");
@@ -496,7 +496,7 @@ pub async fn enroll_post(state: &Arc<AppState>, req: Request<Body>, ctx: Ctx) ->
     let ip = ip_str(ctx);
     match state
         .accounts
-        .finish_enrolment(&pending.user, form.get("code"), Some(&ip))
+        .finish_enrolment(&pending, form.get("code"), Some(&ip))
         .await
     {
         Ok(()) => {

@@ -85,12 +85,15 @@ pub trait Store: Send + Sync {
     /// last accepted step, records it and returns `true`; otherwise `false`. An account
     /// without an enrolled authenticator is [`StoreError::Invalid`].
     fn accept_totp_step(&self, id: &UserId, step: u64) -> Result<bool, StoreError>;
-    /// Finishes enrolment atomically: `pending_totp` must still be `sealed_secret` (so a
-    /// second enrolment page opened meanwhile cannot swap secrets); it becomes `totp`
-    /// with `last_step = step`, so the code used to finish cannot be used again.
+    /// Finishes enrolment atomically: `pending_totp` must still be `pending` (so a
+    /// second enrolment page opened meanwhile cannot swap secrets); it is removed and
+    /// `sealed_secret` (the same secret, sealed for the account rather than for the
+    /// pending sign-in) becomes `totp` with `last_step = step`, so the code used to finish
+    /// cannot be used again.
     fn complete_enrolment(
         &self,
         id: &UserId,
+        pending: &[u8],
         sealed_secret: &[u8],
         step: u64,
         now: UnixSeconds,

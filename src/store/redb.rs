@@ -578,6 +578,7 @@ impl Store for RedbStore {
     fn complete_enrolment(
         &self,
         id: &UserId,
+        pending: &[u8],
         sealed_secret: &[u8],
         step: u64,
         now: UnixSeconds,
@@ -590,7 +591,7 @@ impl Store for RedbStore {
                     "Two-factor authentication is already set up for this account. Sign in with a code from your app.".into(),
                 ));
             }
-            if user.pending_totp.as_deref() != Some(sealed_secret) {
+            if user.pending_totp.as_deref() != Some(pending) {
                 return Err(StoreError::Invalid(
                     "The QR code was replaced by a newer one (opened in another window?). Scan the code now shown and try again.".into(),
                 ));

@@ -422,16 +422,17 @@ fn same_step_submitted_by_eight_threads_is_accepted_exactly_once() {
 fn code_used_at_finish_is_refused_at_next_step() {
     let f = fixture();
     let u = f.store.create_user(new_user("alice")).unwrap();
+    let pending = vec![6u8; 49];
     let sealed = vec![7u8; 49];
     f.store
         .update_user(&u.id, &mut |u| {
-            u.pending_totp = Some(sealed.clone());
+            u.pending_totp = Some(pending.clone());
             Ok(())
         })
         .unwrap();
     let done = f
         .store
-        .complete_enrolment(&u.id, &sealed, 555, T0 + 10)
+        .complete_enrolment(&u.id, &pending, &sealed, 555, T0 + 10)
         .unwrap();
     assert!(done.pending_totp.is_none());
     let totp = done.totp.clone().unwrap();
@@ -445,7 +446,7 @@ fn code_used_at_finish_is_refused_at_next_step() {
     // Finishing again is refused.
     assert!(f
         .store
-        .complete_enrolment(&u.id, &sealed, 600, T0 + 20)
+        .complete_enrolment(&u.id, &pending, &sealed, 600, T0 + 20)
         .is_err());
 }
 
@@ -461,7 +462,7 @@ fn enrolment_with_a_replaced_pending_secret_is_refused() {
         .unwrap();
     let err = f
         .store
-        .complete_enrolment(&u.id, &[1u8; 49], 5, T0)
+        .complete_enrolment(&u.id, &[1u8; 49], &[3u8; 49], 5, T0)
         .unwrap_err();
     assert!(matches!(err, StoreError::Invalid(_)));
     let after = f.store.user(&u.id).unwrap().unwrap();
@@ -471,7 +472,7 @@ fn enrolment_with_a_replaced_pending_secret_is_refused() {
     let v = f.store.create_user(new_user("bob")).unwrap();
     assert!(f
         .store
-        .complete_enrolment(&v.id, &[1u8; 49], 5, T0)
+        .complete_enrolment(&v.id, &[1u8; 49], &[3u8; 49], 5, T0)
         .is_err());
 }
 

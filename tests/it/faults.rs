@@ -153,12 +153,14 @@ impl Store for FullDisk {
     fn complete_enrolment(
         &self,
         id: &UserId,
+        pending: &[u8],
         sealed: &[u8],
         step: u64,
         now: UnixSeconds,
     ) -> Result<User, StoreError> {
         self.check()?;
-        self.inner.complete_enrolment(id, sealed, step, now)
+        self.inner
+            .complete_enrolment(id, pending, sealed, step, now)
     }
     fn create_invitation(&self, invitation: Invitation) -> Result<(), StoreError> {
         self.check()?;

@@ -865,11 +865,16 @@ async fn behind_a_tls_terminating_proxy_cookies_are_host_only_secure_and_pages_s
     let login = format!("https://login.localhost:{port}");
     let rd = format!("https://portal.localhost:{port}/x");
     invite(&srv, "vera", Some(GOOD_PASSWORD), &["portal"]).await;
-    let user = srv.accounts.store.user_by_name("vera").unwrap().unwrap();
-    let secret = srv.accounts.enrolment_secret(&user).unwrap();
-    let user = srv.accounts.store.user_by_name("vera").unwrap().unwrap();
+    let (token, _) = srv
+        .accounts
+        .sign_in_password("vera", portcullis::auth::Password::new(GOOD_PASSWORD), None)
+        .await
+        .unwrap();
+    let pending = srv.accounts.pending(&token).unwrap().unwrap();
+    let secret = srv.accounts.enrolment_secret(&pending).unwrap();
+    let pending = srv.accounts.pending(&token).unwrap().unwrap();
     srv.accounts
-        .finish_enrolment(&user, &code_at(&secret, srv.clock.now()), None)
+        .finish_enrolment(&pending, &code_at(&secret, srv.clock.now()), None)
         .await
         .unwrap();
     srv.clock.advance(30);
