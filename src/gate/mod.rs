@@ -44,10 +44,24 @@ pub async fn handle(
             request_host(&req),
         )
     });
-    let site = state.router.route(req.uri(), req.headers());
+    // RFC 9112 §3.2: a request naming its host twice is refused, or routing and the
+    // upstream could each go by a different one.
+    let host_twice = req.headers().get_all(header::HOST).iter().nth(1).is_some();
+    let site = if host_twice {
+        None
+    } else {
+        state.router.route(req.uri(), req.headers())
+    };
     let app_index = site.and_then(|s| s.app);
 
     let res = match site {
+        None if host_twice => refuse(
+            &state,
+            &Refusal::BadRequest(
+                "This request named its host more than once, so it was not passed on.".into(),
+            ),
+            &req,
+        ),
         // Load balancers often probe by address, with no configured Host.
         None if req.uri().path() == "/.portcullis/healthz" => crate::pages::healthz(),
         None => refuse(&state, &Refusal::NotFound, &req),
@@ -182,6 +196,12 @@ async fn forward(
     let peer = conn.peer.ip();
     let trusted = forwarded::is_trusted(peer, &state.config.server.trusted_proxies);
     let host = host_value(&req);
+    // The upstream sees the authority the request was routed and authorised by. With an
+    // absolute-form target or HTTP/2's `:authority`, that is not the client's `Host`
+    // (RFC 9112 §3.2.2), which could name another app served by the same upstream.
+    if let (Some(_), Some(routed)) = (req.uri().authority(), &host) {
+        req.headers_mut().insert(header::HOST, routed.clone());
+    }
     let proto = if conn.tls { "https" } else { "http" };
     hop::set_forwarded(req.headers_mut(), peer, trusted, proto, host);
     let metrics = &state.accounts.metrics;

@@ -66,15 +66,8 @@ impl Upstreams {
             req.headers_mut().insert(header::UPGRADE, proto.clone());
         }
 
-        // HTTP/2 clients send `:authority` instead of Host; upstreams speak HTTP/1.1.
-        if !req.headers().contains_key(header::HOST) {
-            if let Some(auth) = req.uri().authority() {
-                if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
-                    req.headers_mut().insert(header::HOST, v);
-                }
-            }
-        }
-        // Origin form on the wire, as a client talking to the backend directly sends.
+        // The gate has set `Host` to the routed authority (an HTTP/2 client sends only
+        // `:authority`; upstreams speak HTTP/1.1). Origin form on the wire, as a client talking to the backend directly sends.
         if req.uri().authority().is_some() {
             let path = req
                 .uri()

@@ -84,6 +84,57 @@ async fn spoofed_identity_headers_never_reach_upstream_even_on_public_paths() {
     assert_eq!(v["headers"]["cookie"][0], "theme=dark; lang=en");
 }
 
+/// The upstream sees the host the request was routed and authorised by. An absolute-form
+/// target naming portal with a `Host` naming analytics goes to portal's upstream with
+/// portal's host (RFC 9112 §3.2.2), not with a host an upstream serving both apps would
+/// read as analytics; a request naming its host twice is refused, not forwarded.
+#[tokio::test]
+async fn the_upstream_sees_the_host_the_request_was_routed_by() {
+    let s = setup_with("", "").await;
+    let portal = s
+        .server
+        .url("portal")
+        .trim_start_matches("http://")
+        .to_string();
+    let analytics = s
+        .server
+        .url("analytics")
+        .trim_start_matches("http://")
+        .to_string();
+    let tcp = tokio::net::TcpStream::connect(s.server.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(format!("http://{portal}/echo"))
+        .header("host", analytics.as_str())
+        .body(body_from(""))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["upstream"], "portal", "{v}");
+    assert_eq!(v["headers"]["host"], serde_json::json!([portal]), "{v}");
+
+    let mut req = Request::builder()
+        .uri("/echo")
+        .header("host", portal.as_str())
+        .body(body_from(""))
+        .unwrap();
+    req.headers_mut()
+        .append("host", http::HeaderValue::from_str(&analytics).unwrap());
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("more than once"),
+        "{body:?}"
+    );
+}
+
 #[tokio::test]
 async fn custom_identity_header_names_are_stripped_for_every_app() {
     let tail = "";
