@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{header, Request, Response, StatusCode};
+use http::{header, HeaderName, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -146,9 +146,18 @@ pub fn is_reserved(path: &str) -> bool {
 pub fn strip(state: &AppState, req: &mut Request<Body>) {
     let headers = req.headers_mut();
     hop::remove_where(headers, |name| {
-        name.as_str().starts_with("x-portcullis-") || state.identity_header_names.contains(name)
+        is_identity_header(state, name)
+            // CGI-style servers (PHP, WSGI, Rack) read `X_Portcullis_User` as
+            // `X-Portcullis-User`; so does any app that folds `_` into `-`.
+            || (name.as_str().contains('_')
+                && HeaderName::from_bytes(name.as_str().replace('_', "-").as_bytes())
+                    .is_ok_and(|dashed| is_identity_header(state, &dashed)))
     });
     cookies::strip_own(headers);
+}
+
+fn is_identity_header(state: &AppState, name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-portcullis-") || state.identity_header_names.contains(name)
 }
 
 fn authorize(identity: &crate::pages::Identity, app: &AppConfig) -> Result<(), Refusal> {

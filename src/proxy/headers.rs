@@ -101,6 +101,22 @@ pub fn remove_where(headers: &mut HeaderMap, mut doomed: impl FnMut(&HeaderName)
     }
 }
 
+/// Fields about earlier hops that do not reach the upstream: the ones we replace, always;
+/// from a peer that is not a trusted proxy also any other `X-Forwarded-*` and the
+/// URL-rewriting `X-Original-URL` / `X-Rewrite-URL`, which frameworks take as a proxy's
+/// word. Underscore spellings count: CGI-style servers read `X_Forwarded_For` as
+/// `X-Forwarded-For`.
+fn is_forwarding(name: &str, peer_trusted: bool) -> bool {
+    if name.contains('_') {
+        return is_forwarding(&name.replace('_', "-"), peer_trusted);
+    }
+    FORWARDING.contains(&name)
+        || (!peer_trusted
+            && (name.starts_with("x-forwarded-")
+                || name == "x-original-url"
+                || name == "x-rewrite-url"))
+}
+
 /// An address as a header value, formatted on the stack: on every proxied request, so the
 /// header's own copy is its only allocation.
 fn peer_value(peer: IpAddr) -> Option<HeaderValue> {
@@ -164,7 +180,7 @@ pub fn set_forwarded(
     } else {
         None
     };
-    remove_where(headers, |name| FORWARDING.contains(&name.as_str()));
+    remove_where(headers, |name| is_forwarding(name.as_str(), peer_trusted));
     let xff = match prior_for {
         Some(prior) => HeaderValue::from_str(&format!("{prior}, {peer}")).ok(),
         None => peer_value(peer),
@@ -185,6 +201,40 @@ pub fn set_forwarded(
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_fields_from_a_trusted_proxy_pass_and_from_anyone_else_do_not() {
+        for trusted in [false, true] {
+            for always in [
+                "x-forwarded-for",
+                "forwarded",
+                "x-real-ip",
+                "x_forwarded_for",
+                "X_Real_IP",
+            ] {
+                assert!(
+                    is_forwarding(&always.to_ascii_lowercase(), trusted),
+                    "{always}"
+                );
+            }
+            for theirs in [
+                "x-forwarded-port",
+                "x-forwarded-prefix",
+                "x_forwarded_ssl",
+                "x-original-url",
+                "x-rewrite-url",
+            ] {
+                assert_eq!(
+                    is_forwarding(theirs, trusted),
+                    !trusted,
+                    "{theirs}, trusted: {trusted}"
+                );
+            }
+            for other in ["x-trace-id", "x_trace_id", "host", "forwarded-for"] {
+                assert!(!is_forwarding(other, trusted), "{other}");
+            }
+        }
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {

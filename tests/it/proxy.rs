@@ -135,6 +135,53 @@ async fn the_upstream_sees_the_host_the_request_was_routed_by() {
     );
 }
 
+/// Underscore spellings of our headers, which CGI-style servers read as the dashed ones,
+/// and the other `X-Forwarded-*` / URL-rewriting fields a client that is not a trusted
+/// proxy may send, do not reach the upstream either.
+#[tokio::test]
+async fn underscore_spellings_and_other_proxy_fields_from_a_client_are_stripped() {
+    let s = setup_with("", "").await;
+    let b = Browser::new(s.server.addr);
+    let page = b
+        .request(
+            Method::GET,
+            &format!("{}/echo", s.server.url("portal")),
+            &[
+                ("x_portcullis_user", "admin"),
+                ("X_Portcullis_Assertion", "forged.jwt.here"),
+                ("x_forwarded_for", "203.0.113.9"),
+                ("x_real_ip", "203.0.113.9"),
+                ("x-forwarded-port", "443"),
+                ("x-forwarded-prefix", "/admin"),
+                ("x-original-url", "/admin"),
+                ("x-rewrite-url", "/admin"),
+                ("x_trace_id", "kept"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let v = page.json();
+    let headers = v["headers"].as_object().unwrap();
+    let mut names: Vec<&String> = headers.keys().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "host",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x_trace_id"
+        ],
+        "{headers:?}"
+    );
+    assert_eq!(
+        v["headers"]["x-forwarded-for"],
+        serde_json::json!(["127.0.0.1"])
+    );
+}
+
 #[tokio::test]
 async fn custom_identity_header_names_are_stripped_for_every_app() {
     let tail = "";
