@@ -20,20 +20,30 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         return peer;
     }
     let mut client = peer;
-    let hops: Vec<IpAddr> = headers
+    let hops: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map_while(|s| s.trim().parse::<IpAddr>().ok())
         .collect();
+    // From the right: what the client wrote itself is on the left, and an entry there
+    // that is not an address must not hide the one our proxy appended after it.
     for hop in hops.into_iter().rev() {
+        let Some(hop) = parse_hop(hop) else { break };
         client = canonical(hop);
         if !is_trusted(client, trusted) {
             break;
         }
     }
     client
+}
+
+/// An address, or an address with a port as some load balancers write it.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) are treated as the IPv4 address they are.
@@ -71,5 +81,28 @@ mod tests {
         assert_eq!(got, "198.51.100.7".parse::<IpAddr>().unwrap());
         assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), peer);
         assert_eq!(client_ip(peer, &xff("garbage"), &trusted), peer);
+    }
+
+    #[test]
+    fn what_the_client_wrote_on_the_left_does_not_hide_the_address_appended_after_it() {
+        let trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.1.1.1".parse().unwrap();
+        let client: IpAddr = "198.51.100.7".parse().unwrap();
+        for header in [
+            "garbage, 198.51.100.7",
+            "1.2.3.4 x, 198.51.100.7, 10.2.2.2",
+            "198.51.100.7:4711",
+            "garbage, 198.51.100.7:4711, 10.2.2.2",
+        ] {
+            assert_eq!(client_ip(peer, &xff(header), &trusted), client, "{header}");
+        }
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(client_ip(peer, &xff("[2001:db8::1]:443"), &trusted), v6);
+        // An entry that is not an address on the trusted side stops the walk at the hop
+        // that reported it.
+        assert_eq!(
+            client_ip(peer, &xff("198.51.100.7, garbage"), &trusted),
+            peer
+        );
     }
 }
