@@ -118,6 +118,7 @@ impl Upstreams {
         }
 
         headers::strip_hop_by_hop(res.headers_mut());
+        crate::web::cookies::strip_own_set_cookies(res.headers_mut());
         Ok(res)
     }
 }

@@ -69,6 +69,33 @@ pub fn is_portcullis_cookie(name: &[u8]) -> bool {
     starts_with(b"portcullis") || starts_with(b"__host-portcullis")
 }
 
+/// Removes every `Set-Cookie` of an upstream response that would set or clear one of
+/// Portcullis's own cookies: an app must not plant a session on its origin (fixation) or
+/// end one. Other cookies pass untouched, in order.
+pub fn strip_own_set_cookies(headers: &mut HeaderMap) {
+    let ours = |v: &HeaderValue| {
+        let name = v
+            .as_bytes()
+            .split(|b| *b == b'=')
+            .next()
+            .unwrap_or_default();
+        is_portcullis_cookie(name.trim_ascii())
+    };
+    if !headers.get_all(header::SET_COOKIE).iter().any(ours) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| !ours(v))
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for v in kept {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
 /// Iterates `name=value` pairs of every `Cookie` header, tolerating junk: pairs that are
 /// not valid UTF-8 or lack `=` are skipped rather than failing the request.
 pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {

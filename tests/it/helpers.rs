@@ -185,6 +185,10 @@ async fn upstream_handler(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        // The cookies a test asks the app to set, one `Set-Cookie` each.
+        for cookie in req.headers().get_all("x-test-set-cookie") {
+            res.headers_mut().append(header::SET_COOKIE, cookie.clone());
+        }
         res.headers_mut()
             .insert("x-upstream-hop", HeaderValue::from_static("secret"));
         res.headers_mut().insert(

@@ -182,6 +182,39 @@ async fn underscore_spellings_and_other_proxy_fields_from_a_client_are_stripped(
     );
 }
 
+/// An app cannot set or clear Portcullis's own cookies on its origin (a planted session
+/// would be fixation); its other cookies reach the browser untouched and in order.
+#[tokio::test]
+async fn an_upstream_cannot_set_portcullis_cookies() {
+    let s = setup_with("", "").await;
+    let b = Browser::new(s.server.addr);
+    let page = b
+        .request(
+            Method::GET,
+            &format!("{}/echo", s.server.url("portal")),
+            &[
+                ("x-test-set-cookie", "theme=dark; Path=/"),
+                (
+                    "x-test-set-cookie",
+                    "__Host-portcullis-app=planted; Path=/; Secure",
+                ),
+                ("x-test-set-cookie", "portcullis-app=planted; Path=/"),
+                ("x-test-set-cookie", " Portcullis-Session=; Max-Age=0"),
+                ("x-test-set-cookie", "lang=en"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let set: Vec<&str> = page
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(set, ["theme=dark; Path=/", "lang=en"]);
+}
+
 #[tokio::test]
 async fn custom_identity_header_names_are_stripped_for_every_app() {
     let tail = "";
