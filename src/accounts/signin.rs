@@ -665,17 +665,18 @@ impl Accounts {
     }
 
     /// Ends the whole sign-in: the auth-origin session and every app session under it.
-    pub fn sign_out(
-        &self,
-        session_hash: &[u8; 32],
-        user: Option<&User>,
-        ip: Option<&str>,
-    ) -> Result<(), StoreError> {
+    pub fn sign_out(&self, session_hash: &[u8; 32], ip: Option<&str>) -> Result<(), StoreError> {
+        // Whose it was, read before it goes, so the audit trail names them whichever
+        // origin the sign-out started on.
+        let user = match self.store.session(session_hash)? {
+            Some(session) => self.store.user(&session.user_id)?,
+            None => None,
+        };
         if self.store.delete_session(session_hash)? {
             self.audit(
                 Actor::Web,
                 "signout",
-                user.map(|u| u.name.as_str()),
+                user.as_ref().map(|u| u.name.as_str()),
                 "ok",
                 None,
                 ip.map(str::to_string),

@@ -885,16 +885,7 @@ pub async fn logout(state: &Arc<AppState>, req: Request<Body>, ctx: Ctx) -> Resp
     }
     if let Some(token) = cookies::get(&headers, state.cookies.session).and_then(SecretToken::parse)
     {
-        let user = state
-            .accounts
-            .full_session(&token)
-            .ok()
-            .flatten()
-            .map(|v| v.user);
-        if let Err(e) = state
-            .accounts
-            .sign_out(&token.hash(), user.as_ref(), Some(&ip_str(ctx)))
-        {
+        if let Err(e) = state.accounts.sign_out(&token.hash(), Some(&ip_str(ctx))) {
             tracing::error!(error = %e, "sign-out failed");
             return refuse(state, Refusal::Unavailable);
         }
@@ -922,7 +913,7 @@ pub fn app_logout(state: &Arc<AppState>, req: Request<Body>, ctx: Ctx) -> Respon
     {
         match state.accounts.parent_of(&token) {
             Ok(Some(parent)) => {
-                if let Err(e) = state.accounts.sign_out(&parent, None, Some(&ip_str(ctx))) {
+                if let Err(e) = state.accounts.sign_out(&parent, Some(&ip_str(ctx))) {
                     tracing::error!(error = %e, "sign-out failed");
                     return refuse(state, Refusal::Unavailable);
                 }

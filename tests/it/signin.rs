@@ -183,6 +183,14 @@ async fn the_partner_guide_works_step_by_step() {
         let api = b.get_json(&format!("{}/api", srv.url(app))).await;
         assert_eq!(api.status, StatusCode::UNAUTHORIZED, "{app}");
     }
+    // The audit trail names who signed out, though it started on an app origin.
+    let audit = srv.accounts.store.audit(Some("alice"), 50).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "signout" && e.outcome == "ok"),
+        "{audit:?}"
+    );
 }
 
 #[tokio::test]
