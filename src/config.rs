@@ -875,6 +875,23 @@ impl Validator<'_> {
                             format!("{} is already the host of app[{prev}]", o.authority()),
                         );
                     }
+                    // Cookies are marked Secure (and named __Host-) by the sign-in origin's
+                    // scheme: an https app behind an http sign-in would get cookies without
+                    // Secure, and an http app behind an https sign-in would never keep its
+                    // cookie, so every sign-in would start again.
+                    if let Some(auth) = &auth_url {
+                        if auth.scheme != o.scheme {
+                            self.problem(
+                                &key("url"),
+                                &a.url,
+                                format!(
+                                    "is {} but server.auth_url is {}: use the same scheme for the sign-in origin and every app",
+                                    o.scheme.as_str(),
+                                    auth.scheme.as_str()
+                                ),
+                            );
+                        }
+                    }
                     Some(o)
                 }
                 Err(e) => {
@@ -1087,6 +1104,21 @@ public_paths = ["/healthz", "/static/*"]
             let e = parse(&text).unwrap_err();
             assert!(e.contains("app[0].url") && e.contains("no '_'"), "{e}");
         }
+    }
+
+    #[test]
+    fn an_app_on_another_scheme_than_the_sign_in_origin_is_a_config_error() {
+        let text = GOOD.replacen(
+            "http://portal.localhost:8080",
+            "https://portal.localhost",
+            1,
+        );
+        assert_ne!(text, GOOD);
+        let e = parse(&text).unwrap_err();
+        assert!(
+            e.contains("app[0].url") && e.contains("is https but server.auth_url is http"),
+            "{e}"
+        );
     }
 
     #[test]

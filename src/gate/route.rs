@@ -133,7 +133,7 @@ upstream = "http://127.0.0.1:9001"
 [[app]]
 id = "shop"
 name = "Shop"
-url = "https://shop.example.com"
+url = "http://shop.example.com"
 upstream = "http://127.0.0.1:9002"
 "#,
             Path::new("/tmp"),
