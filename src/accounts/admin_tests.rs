@@ -420,6 +420,33 @@ async fn an_enrolment_secret_that_cannot_be_opened_is_replaced() {
         .unwrap();
 }
 
+/// The failures counted for names with no account stay bounded however many names are
+/// tried; a name locked meanwhile stays locked while the table is cleared of the rest.
+#[test]
+fn failures_of_unknown_names_stay_bounded() {
+    use crate::accounts::signin::{UnknownNames, UNKNOWN_NAMES_KEPT};
+    let policy = crate::auth::LockoutPolicy::default();
+    let names = UnknownNames::default();
+    for _ in 0..policy.max_failures {
+        names.failure("Locked-Name", NOW, &policy);
+    }
+    assert!(names.failure("locked-name", NOW, &policy).is_some());
+    for i in 0..UNKNOWN_NAMES_KEPT + 10 {
+        assert!(names
+            .failure(&format!("name{i}"), NOW + 1, &policy)
+            .is_none());
+        assert!(names.counted() <= UNKNOWN_NAMES_KEPT);
+    }
+    // After the window, the spray is forgotten as the table fills; the lock is kept
+    // until it ends.
+    let later = NOW + policy.window + 1;
+    for i in 0..UNKNOWN_NAMES_KEPT {
+        names.failure(&format!("other{i}"), later, &policy);
+    }
+    assert!(names.counted() <= UNKNOWN_NAMES_KEPT);
+    assert!(names.failure("LOCKED-NAME", later, &policy).is_some());
+}
+
 #[tokio::test]
 async fn list_is_ordered_by_name_ignoring_case() {
     let f = fixture();

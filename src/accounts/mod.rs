@@ -84,6 +84,9 @@ pub struct Accounts {
     pub metrics: Arc<Metrics>,
     /// Verified app sessions, so proxied requests need no store read.
     pub sessions: SessionCache,
+    /// Failed sign-ins for names with no active account, counted like an account's
+    /// (`signin::UnknownNames`).
+    pub(crate) unknown_names: signin::UnknownNames,
 }
 
 use crate::store::META_SECRET_KEY_CANARY as CANARY_KEY;
@@ -127,6 +130,7 @@ impl Accounts {
         let s = &config.security;
         Ok(Self {
             sessions: SessionCache::default(),
+            unknown_names: signin::UnknownNames::default(),
             metrics: Arc::new(Metrics::new(
                 config.apps.iter().map(|a| a.id.clone()).collect(),
             )),

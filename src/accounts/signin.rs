@@ -125,6 +125,66 @@ pub fn session_alive(s: &Session, user: &User, now: UnixSeconds, idle_timeout: i
         && s.user_id == user.id
 }
 
+/// Failed sign-ins for names with no active account (unknown, disabled, not yet
+/// activated), counted in memory under the same lockout policy as an account's: if only
+/// real accounts ever locked, five wrong passwords would tell whether a name exists
+/// (SPEC §2.2: the same answer). Keyed by a hash of the case-folded name, at most
+/// [`UNKNOWN_NAMES_KEPT`] of them; when full, those no longer counting are forgotten,
+/// then those not locked, and if that is not enough, all.
+#[derive(Default)]
+pub struct UnknownNames(Mutex<std::collections::HashMap<[u8; 32], LockState>>);
+
+pub const UNKNOWN_NAMES_KEPT: usize = 10_000;
+
+impl UnknownNames {
+    /// Counts a failure for `name` at `now`; the lock's end when the name is locked.
+    pub fn failure(
+        &self,
+        name: &str,
+        now: UnixSeconds,
+        policy: &auth::LockoutPolicy,
+    ) -> Option<UnixSeconds> {
+        let key = {
+            let d = aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                crate::store::model::name_key(name).as_bytes(),
+            );
+            let mut key = [0u8; 32];
+            key.copy_from_slice(d.as_ref());
+            key
+        };
+        let mut names = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if names.len() >= UNKNOWN_NAMES_KEPT && !names.contains_key(&key) {
+            let horizon = now.saturating_sub(policy.window);
+            names.retain(|_, s| {
+                auth::is_locked(s, now).is_some() || s.recent.last().is_some_and(|&t| t > horizon)
+            });
+            if names.len() >= UNKNOWN_NAMES_KEPT {
+                names.retain(|_, s| auth::is_locked(s, now).is_some());
+            }
+            if names.len() >= UNKNOWN_NAMES_KEPT {
+                names.clear();
+            }
+        }
+        let state = names.remove(&key).unwrap_or_default();
+        let (state, _) = auth::record_failure(state, now, policy);
+        let locked = auth::is_locked(&state, now);
+        names.insert(key, state);
+        locked
+    }
+
+    #[cfg(test)]
+    pub fn counted(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+}
+
 /// What a pending enrolment secret is sealed with: the account and the pending sign-in
 /// it was made for.
 fn pending_secret_aad(pending: &Verified) -> Vec<u8> {
@@ -217,7 +277,13 @@ impl Accounts {
                 Some("unknown or inactive user".into()),
                 ip.map(str::to_string),
             );
-            return Err(SignInError::BadCredentials);
+            return match self
+                .unknown_names
+                .failure(username, self.now(), &self.settings.lockout)
+            {
+                Some(until) => Err(SignInError::Locked { until }),
+                None => Err(SignInError::BadCredentials),
+            };
         };
         // Read once the hash is done, not when the request arrived: of a burst of guesses
         // in flight together, every one that read the lock before any was counted would be

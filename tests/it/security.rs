@@ -148,6 +148,37 @@ async fn account_locks_after_five_failures_and_the_right_password_is_refused_whi
     );
 }
 
+/// A name with no account locks after as many wrong passwords as a real one, with the
+/// same answers on the way: if only real accounts ever locked, five guesses would tell
+/// whether a name exists (SPEC §2.2).
+#[tokio::test]
+async fn an_unknown_name_locks_like_a_real_account() {
+    let s = setup().await;
+    let srv = &s.server;
+    invite(srv, "rhea", Some(GOOD_PASSWORD), &["portal"]).await;
+    let b = Browser::new(srv.addr);
+    let answer = |page: &Page| {
+        (
+            page.status,
+            page.body
+                .contains("That user name and password do not match"),
+            page.body.contains("locked"),
+        )
+    };
+    for attempt in 0..6 {
+        let real = try_password(&b, srv, "rhea", "wrong password!!").await;
+        let unknown = try_password(&b, srv, "nobody-here", "wrong password!!").await;
+        assert_eq!(answer(&real), answer(&unknown), "attempt {attempt}");
+        assert_eq!(answer(&real).2, attempt >= 4, "attempt {attempt}");
+    }
+    // Both unlock after the lockout, and the real one signs in.
+    srv.clock.advance(15 * 60 + 1);
+    let unknown = try_password(&b, srv, "NOBODY-HERE", "wrong password!!").await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    let real = try_password(&b, srv, "rhea", GOOD_PASSWORD).await;
+    assert_eq!(real.status, StatusCode::SEE_OTHER, "{}", real.body);
+}
+
 #[tokio::test]
 async fn wrong_codes_count_towards_the_lockout_too() {
     let s = setup().await;
