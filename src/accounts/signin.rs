@@ -669,15 +669,20 @@ impl Accounts {
     }
 
     /// A one-time code that carries a signed-in session to `app_id`'s own cookie.
+    /// `browser`: the hash of the state cookie the browser holds on the app's origin
+    /// (sent to the sign-in page as `s`); the code is stored under a hash of both, so it
+    /// redeems only in that browser. A code taken from one's own sign-in and sent to
+    /// someone else would otherwise sign them in to the app as oneself (login CSRF).
     pub fn create_handoff(
         &self,
         session: &Session,
         app_id: &str,
         rd: &str,
+        browser: &[u8; 32],
     ) -> Result<SecretToken, SignInError> {
         let code = SecretToken::generate()?;
         self.store.put_handoff(HandOff {
-            code_hash: code.hash(),
+            code_hash: code.hash_with(browser),
             session_hash: session.id_hash,
             app_id: app_id.to_string(),
             rd: rd.to_string(),
@@ -693,9 +698,10 @@ impl Accounts {
         &self,
         code: &SecretToken,
         app_id: &str,
+        browser: &[u8; 32],
     ) -> Result<Option<(SecretToken, String)>, SignInError> {
         let now = self.now();
-        let Some(handoff) = self.store.take_handoff(&code.hash(), now)? else {
+        let Some(handoff) = self.store.take_handoff(&code.hash_with(browser), now)? else {
             return Ok(None);
         };
         if handoff.app_id != app_id {

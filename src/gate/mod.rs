@@ -12,6 +12,7 @@ use http::{header, HeaderName, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::auth::SecretToken;
 use crate::config::AppConfig;
 use crate::error::Refusal;
 use crate::metrics::UpstreamError;
@@ -170,9 +171,27 @@ fn authorize(identity: &crate::pages::Identity, app: &AppConfig) -> Result<(), R
     }
 }
 
-/// SPEC §2.1: navigations go to the sign-in page; everything else gets 401 JSON.
+/// How long a browser's state cookie on an app origin lasts: long enough to sign in and
+/// enrol an authenticator on the way.
+const STATE_COOKIE_MAX_AGE: i64 = 3600;
+
+/// SPEC §2.1: navigations go to the sign-in page; everything else gets 401 JSON. The
+/// browser gets a state cookie on this origin (kept if it has one, so two tabs signing in
+/// at once do not undo each other), and the sign-in page the hash of it (`s`): the
+/// hand-off code it sends back works only with that cookie (SPEC §2.5).
 fn unauthenticated(state: &AppState, req: &Request<Body>, app: &AppConfig) -> Response<Body> {
     if web::is_navigation(req.method(), req.headers()) {
+        let held = cookies::get(req.headers(), state.cookies.state).and_then(SecretToken::parse);
+        let browser = match held {
+            Some(t) => t,
+            None => match SecretToken::generate() {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "no randomness for a state cookie");
+                    return Refusal::Unavailable.respond(&state.branding, true);
+                }
+            },
+        };
         let original = format!(
             "{}{}",
             app.url,
@@ -182,11 +201,21 @@ fn unauthenticated(state: &AppState, req: &Request<Body>, app: &AppConfig) -> Re
                 .unwrap_or("/")
         );
         let location = format!(
-            "{}/.portcullis/login?rd={}",
+            "{}/.portcullis/login?rd={}&s={}",
             state.config.server.auth_url,
-            percent_encoding::utf8_percent_encode(&original, percent_encoding::NON_ALPHANUMERIC)
+            percent_encoding::utf8_percent_encode(&original, percent_encoding::NON_ALPHANUMERIC),
+            SecretToken::from_bytes(browser.hash()).encode()
         );
-        web::redirect(StatusCode::FOUND, &location, &state.branding.page_headers)
+        let mut res = web::redirect(StatusCode::FOUND, &location, &state.branding.page_headers);
+        let cookie = state.cookies.set(
+            state.cookies.state,
+            &browser.encode(),
+            Some(STATE_COOKIE_MAX_AGE),
+        );
+        if let Some(cookie) = cookie {
+            res.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        res
     } else {
         Refusal::Unauthenticated.respond(&state.branding, false)
     }

@@ -296,7 +296,12 @@ pub fn login_page(state: &Arc<AppState>, req: Request<Body>, _ctx: Ctx) -> Respo
     match full_session_of(state, req.headers()) {
         Err(r) => return refuse(state, r),
         Ok(Some(signed_in)) => {
-            return after_sign_in(state, &signed_in, rd, StatusCode::FOUND, None)
+            // `s`: the hash of the state cookie the app origin gave this browser on its
+            // way here (`gate::unauthenticated`).
+            let browser = query_param(&req, "s")
+                .and_then(|s| SecretToken::parse(&s))
+                .map(|s| *s.bytes());
+            return after_sign_in(state, &signed_in, rd, browser, StatusCode::FOUND, None);
         }
         Ok(None) => {}
     }
@@ -590,7 +595,7 @@ pub async fn code_post(state: &Arc<AppState>, req: Request<Body>, ctx: Ctx) -> R
                 _ => return refuse(state, Refusal::Unavailable),
             };
             let max_age = state.accounts.settings.max_lifetime;
-            let res = after_sign_in(state, &signed_in, rd, StatusCode::SEE_OTHER, None);
+            let res = after_sign_in(state, &signed_in, rd, None, StatusCode::SEE_OTHER, None);
             with_cookies(
                 res,
                 [
@@ -634,11 +639,14 @@ pub async fn code_post(state: &Arc<AppState>, req: Request<Body>, ctx: Ctx) -> R
 // ---------------------------------------------------------------- hand-off
 
 /// Where a signed-in person goes: to the app named by `rd` through a one-time hand-off
-/// code (SPEC §2.5), or to the list of their apps.
+/// code (SPEC §2.5), or to the list of their apps. The code is made only for a browser
+/// that brought the hash of its state cookie from the app (`browser`); without one, the
+/// browser goes to the app itself, which gives it a state cookie and sends it back here.
 fn after_sign_in(
     state: &AppState,
     signed_in: &Verified,
     rd: Option<RedirectTarget>,
+    browser: Option<[u8; 32]>,
     status: StatusCode,
     extra_cookie: Option<HeaderValue>,
 ) -> Response<Body> {
@@ -657,9 +665,13 @@ fn after_sign_in(
         };
         return with_cookies(res, [extra_cookie]);
     };
+    let Some(browser) = browser else {
+        let res = web::redirect(status, rd.as_str(), &state.branding.page_headers);
+        return with_cookies(res, [extra_cookie]);
+    };
     match state
         .accounts
-        .create_handoff(&signed_in.session, &app.id, rd.as_str())
+        .create_handoff(&signed_in.session, &app.id, rd.as_str(), &browser)
     {
         Ok(code) => {
             let location = format!("{}/.portcullis/callback?code={}", app.url, code.encode());
@@ -700,9 +712,12 @@ pub fn callback(state: &Arc<AppState>, req: Request<Body>, _ctx: Ctx) -> Respons
         return refuse(state, Refusal::NotFound);
     };
     let code = query_param(&req, "code").and_then(|c| SecretToken::parse(&c));
-    let redeemed = match code {
-        Some(code) => state.accounts.redeem_handoff(&code, &app.id),
-        None => Ok(None),
+    let browser = cookies::get(req.headers(), state.cookies.state)
+        .and_then(SecretToken::parse)
+        .map(|t| t.hash());
+    let redeemed = match (code, browser) {
+        (Some(code), Some(browser)) => state.accounts.redeem_handoff(&code, &app.id, &browser),
+        _ => Ok(None),
     };
     match redeemed {
         Ok(Some((app_token, rd))) => {
@@ -715,9 +730,12 @@ pub fn callback(state: &Arc<AppState>, req: Request<Body>, _ctx: Ctx) -> Respons
             let res = web::redirect(StatusCode::FOUND, &path, &state.branding.page_headers);
             with_cookies(
                 res,
-                [state
-                    .cookies
-                    .set(state.cookies.app, &app_token.encode(), Some(max_age))],
+                [
+                    state
+                        .cookies
+                        .set(state.cookies.app, &app_token.encode(), Some(max_age)),
+                    state.cookies.clear(state.cookies.state),
+                ],
             )
         }
         Ok(None) => {

@@ -16,6 +16,9 @@ pub struct CookieNames {
     pub pending: &'static str,
     /// The per-browser CSRF binding value.
     pub csrf: &'static str,
+    /// On an app origin, from the redirect to the sign-in page until the hand-off: the
+    /// hand-off code works only in the browser holding it (no login CSRF, SPEC §2.5).
+    pub state: &'static str,
     pub secure: bool,
 }
 
@@ -27,6 +30,7 @@ impl CookieNames {
                 app: "__Host-portcullis-app",
                 pending: "__Host-portcullis-pending",
                 csrf: "__Host-portcullis-csrf",
+                state: "__Host-portcullis-state",
                 secure: true,
             }
         } else {
@@ -35,6 +39,7 @@ impl CookieNames {
                 app: "portcullis-app",
                 pending: "portcullis-pending",
                 csrf: "portcullis-csrf",
+                state: "portcullis-state",
                 secure: false,
             }
         }

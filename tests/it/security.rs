@@ -594,54 +594,56 @@ async fn sessions_end_after_the_idle_timeout_and_the_absolute_lifetime() {
     );
 }
 
+/// A fresh hand-off code for `rd`, as the app sends a browser to sign in: the app gives
+/// the browser its state cookie, the sign-in page (already signed in) the code.
+async fn handoff_code(b: &Browser, rd: &str) -> String {
+    // Signed in to the auth origin, not (any more) to the app.
+    b.set_cookie("portal.localhost", "portcullis-app", "gone");
+    let to_login = b.get(rd).await;
+    assert_eq!(to_login.status, StatusCode::FOUND, "{}", to_login.body);
+    let login = to_login.location().unwrap();
+    assert!(login.contains("&s="), "{login}");
+    let res = b.get(&login).await;
+    res.location().unwrap()
+}
+
 #[tokio::test]
-async fn handoff_codes_are_single_use_and_bound_to_their_app() {
+async fn handoff_codes_are_single_use_and_bound_to_their_app_and_browser() {
     let s = setup().await;
     let srv = &s.server;
     let p = activate_and_sign_in(srv, "pia", &["portal", "analytics"]).await;
     let rd = format!("{}/here", srv.url("portal"));
-    let res = p
-        .browser
-        .get(&format!(
-            "{}/.portcullis/login?rd={}",
-            srv.url("login"),
-            urlencode(&rd)
-        ))
-        .await;
-    let callback = res.location().unwrap();
+    let callback = handoff_code(&p.browser, &rd).await;
     assert!(callback.starts_with(&format!("{}/.portcullis/callback?code=", srv.url("portal"))));
-    // Replayed at another app: refused.
-    let thief = Browser::new(srv.addr);
+    // Login CSRF: a code from one's own sign-in, opened in someone else's browser, does
+    // not sign them in as oneself — with no state cookie, or with their own.
+    let victim = Browser::new(srv.addr);
+    assert_eq!(victim.get(&callback).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(victim.get(&rd).await.status, StatusCode::FOUND);
+    assert_eq!(victim.get(&callback).await.status, StatusCode::BAD_REQUEST);
+    assert!(victim
+        .cookie("portal.localhost", "portcullis-app")
+        .is_none());
+    // Replayed at another app, by the browser it was made for: refused.
+    let analytics = format!("{}/x", srv.url("analytics"));
+    assert_eq!(p.browser.get(&analytics).await.status, StatusCode::FOUND);
     let elsewhere = callback.replace("portal.localhost", "analytics.localhost");
-    assert_eq!(thief.get(&elsewhere).await.status, StatusCode::BAD_REQUEST);
-    // That attempt used it up: even the right app refuses it now.
-    assert_eq!(thief.get(&callback).await.status, StatusCode::BAD_REQUEST);
-    // A fresh code works once, and not after 60 seconds.
-    let res = p
-        .browser
-        .get(&format!(
-            "{}/.portcullis/login?rd={}",
-            srv.url("login"),
-            urlencode(&rd)
-        ))
-        .await;
-    let code = res.location().unwrap();
-    srv.clock.advance(61);
-    assert_eq!(thief.get(&code).await.status, StatusCode::BAD_REQUEST);
-    let res = p
-        .browser
-        .get(&format!(
-            "{}/.portcullis/login?rd={}",
-            srv.url("login"),
-            urlencode(&rd)
-        ))
-        .await;
-    let code = res.location().unwrap();
-    assert_eq!(thief.get(&code).await.status, StatusCode::FOUND);
     assert_eq!(
-        Browser::new(srv.addr).get(&code).await.status,
+        p.browser.get(&elsewhere).await.status,
         StatusCode::BAD_REQUEST
     );
+    // In its own browser and app it works, once.
+    let res = p.browser.get(&callback).await;
+    assert_eq!(res.status, StatusCode::FOUND, "{}", res.body);
+    assert_eq!(res.location().unwrap(), "/here");
+    assert_eq!(
+        p.browser.get(&callback).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    // A fresh code does not work after 60 seconds.
+    let code = handoff_code(&p.browser, &rd).await;
+    srv.clock.advance(61);
+    assert_eq!(p.browser.get(&code).await.status, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
@@ -945,11 +947,14 @@ async fn behind_a_tls_terminating_proxy_cookies_are_host_only_secure_and_pages_s
         .await;
     assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
     seen.extend(set_cookies(&res));
-    let callback = b.get(&res.location().unwrap()).await;
-    assert_eq!(callback.status, StatusCode::FOUND, "{}", callback.body);
-    seen.extend(set_cookies(&callback));
+    // To the app, which sends the browser for its hand-off with a state cookie.
+    let chain = b.follow(&res.location().unwrap()).await;
+    for (_, page) in &chain {
+        seen.extend(set_cookies(page));
+    }
+    assert_eq!(chain.last().unwrap().1.status, StatusCode::OK);
 
-    for name in ["csrf", "pending", "session", "app"] {
+    for name in ["csrf", "pending", "session", "app", "state"] {
         let prefix = format!("__Host-portcullis-{name}=");
         let cookie = seen
             .iter()
