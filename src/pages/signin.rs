@@ -301,7 +301,15 @@ pub fn login_page(state: &Arc<AppState>, req: Request<Body>, _ctx: Ctx) -> Respo
             let browser = query_param(&req, "s")
                 .and_then(|s| SecretToken::parse(&s))
                 .map(|s| *s.bytes());
-            return after_sign_in(state, &signed_in, rd, browser, StatusCode::FOUND, None);
+            return after_sign_in(
+                state,
+                &signed_in,
+                rd,
+                browser,
+                req.headers(),
+                StatusCode::FOUND,
+                None,
+            );
         }
         Ok(None) => {}
     }
@@ -595,7 +603,15 @@ pub async fn code_post(state: &Arc<AppState>, req: Request<Body>, ctx: Ctx) -> R
                 _ => return refuse(state, Refusal::Unavailable),
             };
             let max_age = state.accounts.settings.max_lifetime;
-            let res = after_sign_in(state, &signed_in, rd, None, StatusCode::SEE_OTHER, None);
+            let res = after_sign_in(
+                state,
+                &signed_in,
+                rd,
+                None,
+                &parts.headers,
+                StatusCode::SEE_OTHER,
+                None,
+            );
             with_cookies(
                 res,
                 [
@@ -647,6 +663,7 @@ fn after_sign_in(
     signed_in: &Verified,
     rd: Option<RedirectTarget>,
     browser: Option<[u8; 32]>,
+    headers: &http::HeaderMap,
     status: StatusCode,
     extra_cookie: Option<HeaderValue>,
 ) -> Response<Body> {
@@ -661,7 +678,7 @@ fn after_sign_in(
                 &format!("{}/.portcullis/login", state.config.server.auth_url),
             )
         } else {
-            signed_in_page(state, signed_in)
+            signed_in_page(state, signed_in, headers)
         };
         return with_cookies(res, [extra_cookie]);
     };
@@ -685,8 +702,14 @@ fn after_sign_in(
     }
 }
 
-fn signed_in_page(state: &AppState, signed_in: &Verified) -> Response<Body> {
-    let csrf = csrf_for(state, &http::HeaderMap::new());
+/// `headers`: the request's, so the browser's CSRF cookie is kept and forms already open
+/// in its other tabs still work.
+fn signed_in_page(
+    state: &AppState,
+    signed_in: &Verified,
+    headers: &http::HeaderMap,
+) -> Response<Body> {
+    let csrf = csrf_for(state, headers);
     let apps = state
         .config
         .apps

@@ -116,6 +116,29 @@ async fn login_post_without_csrf_token_or_from_another_origin_is_refused() {
     assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
 }
 
+/// The signed-in page keeps the browser's CSRF cookie: replacing it would make the
+/// forms already open in its other tabs (sign-out, a second sign-in) fail as expired.
+#[tokio::test]
+async fn the_signed_in_page_keeps_the_csrf_cookie() {
+    let s = setup().await;
+    let srv = &s.server;
+    let p = activate_and_sign_in(srv, "tess", &["portal"]).await;
+    let before = p.browser.cookie("login.localhost", "portcullis-csrf");
+    assert!(before.is_some());
+    let page = p
+        .browser
+        .get(&format!("{}/.portcullis/login", srv.url("login")))
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(set_cookies(&page)
+        .iter()
+        .all(|c| !c.contains("portcullis-csrf")));
+    assert_eq!(
+        p.browser.cookie("login.localhost", "portcullis-csrf"),
+        before
+    );
+}
+
 #[tokio::test]
 async fn account_locks_after_five_failures_and_the_right_password_is_refused_while_locked() {
     let s = setup().await;
