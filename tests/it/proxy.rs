@@ -11,6 +11,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
 
+/// `GET /echo` on `app`'s origin with `headers`, through a fresh browser: a public path
+/// the test upstream answers with the request it saw, as JSON.
+async fn get_echo(server: &TestServer, app: &str, headers: &[(&str, &str)]) -> Page {
+    Browser::new(server.addr)
+        .request(
+            Method::GET,
+            &format!("{}/echo", server.url(app)),
+            headers,
+            None,
+        )
+        .await
+}
+
 #[tokio::test]
 async fn unknown_host_gets_404_and_is_never_forwarded() {
     let s = setup().await;
@@ -55,25 +68,22 @@ async fn healthz_answers_on_every_origin_and_is_not_forwarded() {
 #[tokio::test]
 async fn spoofed_identity_headers_never_reach_upstream_even_on_public_paths() {
     let s = setup_with("", "").await;
-    let b = Browser::new(s.server.addr);
-    let page = b
-        .request(
-            Method::GET,
-            &format!("{}/echo", s.server.url("portal")),
-            &[
-                ("x-portcullis-user", "admin"),
-                ("X-Portcullis-Email", "admin@example.com"),
-                ("x-portcullis-name", "Admin"),
-                ("x-portcullis-assertion", "forged.jwt.here"),
-                ("x-portcullis-anything", "x"),
-                (
-                    "cookie",
-                    "theme=dark; portcullis-session=stolen; __Host-portcullis-app=x; lang=en",
-                ),
-            ],
-            None,
-        )
-        .await;
+    let page = get_echo(
+        &s.server,
+        "portal",
+        &[
+            ("x-portcullis-user", "admin"),
+            ("X-Portcullis-Email", "admin@example.com"),
+            ("x-portcullis-name", "Admin"),
+            ("x-portcullis-assertion", "forged.jwt.here"),
+            ("x-portcullis-anything", "x"),
+            (
+                "cookie",
+                "theme=dark; portcullis-session=stolen; __Host-portcullis-app=x; lang=en",
+            ),
+        ],
+    )
+    .await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     let v = page.json();
     let headers = v["headers"].as_object().unwrap();
@@ -141,25 +151,22 @@ async fn the_upstream_sees_the_host_the_request_was_routed_by() {
 #[tokio::test]
 async fn underscore_spellings_and_other_proxy_fields_from_a_client_are_stripped() {
     let s = setup_with("", "").await;
-    let b = Browser::new(s.server.addr);
-    let page = b
-        .request(
-            Method::GET,
-            &format!("{}/echo", s.server.url("portal")),
-            &[
-                ("x_portcullis_user", "admin"),
-                ("X_Portcullis_Assertion", "forged.jwt.here"),
-                ("x_forwarded_for", "203.0.113.9"),
-                ("x_real_ip", "203.0.113.9"),
-                ("x-forwarded-port", "443"),
-                ("x-forwarded-prefix", "/admin"),
-                ("x-original-url", "/admin"),
-                ("x-rewrite-url", "/admin"),
-                ("x_trace_id", "kept"),
-            ],
-            None,
-        )
-        .await;
+    let page = get_echo(
+        &s.server,
+        "portal",
+        &[
+            ("x_portcullis_user", "admin"),
+            ("X_Portcullis_Assertion", "forged.jwt.here"),
+            ("x_forwarded_for", "203.0.113.9"),
+            ("x_real_ip", "203.0.113.9"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x_trace_id", "kept"),
+        ],
+    )
+    .await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     let v = page.json();
     let headers = v["headers"].as_object().unwrap();
@@ -187,24 +194,21 @@ async fn underscore_spellings_and_other_proxy_fields_from_a_client_are_stripped(
 #[tokio::test]
 async fn an_upstream_cannot_set_portcullis_cookies() {
     let s = setup_with("", "").await;
-    let b = Browser::new(s.server.addr);
-    let page = b
-        .request(
-            Method::GET,
-            &format!("{}/echo", s.server.url("portal")),
-            &[
-                ("x-test-set-cookie", "theme=dark; Path=/"),
-                (
-                    "x-test-set-cookie",
-                    "__Host-portcullis-app=planted; Path=/; Secure",
-                ),
-                ("x-test-set-cookie", "portcullis-app=planted; Path=/"),
-                ("x-test-set-cookie", " Portcullis-Session=; Max-Age=0"),
-                ("x-test-set-cookie", "lang=en"),
-            ],
-            None,
-        )
-        .await;
+    let page = get_echo(
+        &s.server,
+        "portal",
+        &[
+            ("x-test-set-cookie", "theme=dark; Path=/"),
+            (
+                "x-test-set-cookie",
+                "__Host-portcullis-app=planted; Path=/; Secure",
+            ),
+            ("x-test-set-cookie", "portcullis-app=planted; Path=/"),
+            ("x-test-set-cookie", " Portcullis-Session=; Max-Age=0"),
+            ("x-test-set-cookie", "lang=en"),
+        ],
+    )
+    .await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     let set: Vec<&str> = page
         .headers
@@ -248,20 +252,17 @@ async fn custom_identity_header_names_are_stripped_for_every_app() {
 #[tokio::test]
 async fn header_named_in_connection_is_not_forwarded_either_way() {
     let s = setup().await;
-    let b = Browser::new(s.server.addr);
-    let page = b
-        .request(
-            Method::GET,
-            &format!("{}/echo", s.server.url("portal")),
-            &[
-                ("connection", "keep-alive, x-hop-secret"),
-                ("x-hop-secret", "do not forward"),
-                ("keep-alive", "timeout=5"),
-                ("x-end-to-end", "kept"),
-            ],
-            None,
-        )
-        .await;
+    let page = get_echo(
+        &s.server,
+        "portal",
+        &[
+            ("connection", "keep-alive, x-hop-secret"),
+            ("x-hop-secret", "do not forward"),
+            ("keep-alive", "timeout=5"),
+            ("x-end-to-end", "kept"),
+        ],
+    )
+    .await;
     let v = page.json();
     assert!(v["headers"].get("x-hop-secret").is_none(), "{v}");
     assert!(v["headers"].get("keep-alive").is_none(), "{v}");
@@ -311,18 +312,15 @@ async fn connection_cannot_remove_the_headers_portcullis_sets() {
 #[tokio::test]
 async fn forwarded_for_from_untrusted_peer_is_replaced() {
     let s = setup().await;
-    let b = Browser::new(s.server.addr);
-    let page = b
-        .request(
-            Method::GET,
-            &format!("{}/echo", s.server.url("portal")),
-            &[
-                ("x-forwarded-for", "6.6.6.6"),
-                ("x-forwarded-proto", "https"),
-            ],
-            None,
-        )
-        .await;
+    let page = get_echo(
+        &s.server,
+        "portal",
+        &[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await;
     let v = page.json();
     assert_eq!(v["headers"]["x-forwarded-for"][0], "127.0.0.1");
     assert_eq!(v["headers"]["x-forwarded-proto"][0], "http");
@@ -339,18 +337,15 @@ async fn forwarded_for_from_untrusted_peer_is_replaced() {
 #[tokio::test]
 async fn forwarded_for_from_trusted_peer_is_kept_and_extended() {
     let s = setup_with("trusted_proxies = [\"127.0.0.0/8\"]", "").await;
-    let b = Browser::new(s.server.addr);
-    let page = b
-        .request(
-            Method::GET,
-            &format!("{}/echo", s.server.url("portal")),
-            &[
-                ("x-forwarded-for", "198.51.100.7"),
-                ("x-forwarded-proto", "https"),
-            ],
-            None,
-        )
-        .await;
+    let page = get_echo(
+        &s.server,
+        "portal",
+        &[
+            ("x-forwarded-for", "198.51.100.7"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await;
     let v = page.json();
     assert_eq!(
         v["headers"]["x-forwarded-for"][0],
