@@ -982,7 +982,13 @@ fn is_reserved_header(h: &http::HeaderName) -> bool {
             | "x-forwarded-for"
             | "x-forwarded-proto"
             | "x-forwarded-host"
+            | "forwarded"
+            | "x-real-ip"
+            | "x-original-url"
+            | "x-rewrite-url"
     )
+    // Underscore names are stripped from client requests as their dashed spelling.
+    || h.as_str().contains('_')
 }
 
 #[cfg(test)]
@@ -1104,6 +1110,23 @@ public_paths = ["/healthz", "/static/*"]
             let e = parse(&text).unwrap_err();
             assert!(e.contains("app[0].url") && e.contains("no '_'"), "{e}");
         }
+    }
+
+    #[test]
+    fn identity_headers_cannot_take_a_name_the_proxy_strips_or_sets() {
+        for bad in [
+            "X-Real-IP",
+            "Forwarded",
+            "X-Original-URL",
+            "X_User",
+            "X-Forwarded-For",
+        ] {
+            let text = format!("{GOOD}\n[app.headers]\nuser = \"{bad}\"\n");
+            let e = parse(&text).unwrap_err();
+            assert!(e.contains("is not a usable header name"), "{bad}: {e}");
+        }
+        let text = format!("{GOOD}\n[app.headers]\nuser = \"X-Forwarded-User\"\n");
+        assert!(parse(&text).is_ok());
     }
 
     #[test]

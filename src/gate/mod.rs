@@ -111,19 +111,21 @@ async fn dispatch(
         return crate::pages::landing(state, &req);
     };
     let mut req = req;
-    // Read the app cookie before `strip` removes it from what the upstream will see.
+    // Read our cookies before `strip` removes them from what the upstream will see.
     let credential = crate::pages::credential(state, &req);
+    let held_state = cookies::get(req.headers(), state.cookies.state).and_then(SecretToken::parse);
     // Before anything of ours is added: a client's `Connection` may name its own
     // hop-by-hop fields, never the identity or `X-Forwarded-*` headers we set below.
     let upgrade = hop::strip_hop_by_hop(req.headers_mut());
-    strip(state, &mut req);
+    let peer_trusted = forwarded::is_trusted(conn.peer.ip(), &state.config.server.trusted_proxies);
+    strip(state, &mut req, peer_trusted);
 
     let public = route::is_plain_path(req.uri().path())
         && app.public_paths.iter().any(|p| p.matches(req.uri().path()));
     if !public {
         let identity = match crate::pages::authenticate(state, credential, app) {
             Ok(Some(identity)) => identity,
-            Ok(None) => return unauthenticated(state, &req, app),
+            Ok(None) => return unauthenticated(state, &req, app, held_state),
             Err(refusal) => return refuse(state, &refusal, &req),
         };
         if let Err(refusal) = authorize(&identity, app) {
@@ -144,10 +146,11 @@ pub fn is_reserved(path: &str) -> bool {
 /// Removes everything a client could use to impersonate someone: every header we set
 /// (for any app — a header one app trusts must not leak in through another's config),
 /// any `X-Portcullis-*`, and our own cookies. Runs on public paths too (SPEC §3).
-pub fn strip(state: &AppState, req: &mut Request<Body>) {
+pub fn strip(state: &AppState, req: &mut Request<Body>, peer_trusted: bool) {
     let headers = req.headers_mut();
     hop::remove_where(headers, |name| {
-        is_identity_header(state, name)
+        hop::is_client_forwarding(name.as_str(), peer_trusted)
+            || is_identity_header(state, name)
             // CGI-style servers (PHP, WSGI, Rack) read `X_Portcullis_User` as
             // `X-Portcullis-User`; so does any app that folds `_` into `-`.
             || (name.as_str().contains('_')
@@ -179,13 +182,18 @@ const STATE_COOKIE_MAX_AGE: i64 = 3600;
 /// browser gets a state cookie on this origin (kept if it has one, so two tabs signing in
 /// at once do not undo each other), and the sign-in page the hash of it (`s`): the
 /// hand-off code it sends back works only with that cookie (SPEC §2.5).
-fn unauthenticated(state: &AppState, req: &Request<Body>, app: &AppConfig) -> Response<Body> {
+/// `held`: the state cookie the browser sent, read before `strip` removed it.
+fn unauthenticated(
+    state: &AppState,
+    req: &Request<Body>,
+    app: &AppConfig,
+    held: Option<SecretToken>,
+) -> Response<Body> {
     if web::is_navigation(req.method(), req.headers()) {
-        let held = cookies::get(req.headers(), state.cookies.state).and_then(SecretToken::parse);
-        let browser = match held {
-            Some(t) => t,
+        let (browser, new) = match held {
+            Some(t) => (t, false),
             None => match SecretToken::generate() {
-                Ok(t) => t,
+                Ok(t) => (t, true),
                 Err(e) => {
                     tracing::error!(error = %e, "no randomness for a state cookie");
                     return Refusal::Unavailable.respond(&state.branding, true);
@@ -207,13 +215,15 @@ fn unauthenticated(state: &AppState, req: &Request<Body>, app: &AppConfig) -> Re
             SecretToken::from_bytes(browser.hash()).encode()
         );
         let mut res = web::redirect(StatusCode::FOUND, &location, &state.branding.page_headers);
-        let cookie = state.cookies.set(
-            state.cookies.state,
-            &browser.encode(),
-            Some(STATE_COOKIE_MAX_AGE),
-        );
-        if let Some(cookie) = cookie {
-            res.headers_mut().append(header::SET_COOKIE, cookie);
+        if new {
+            let cookie = state.cookies.set(
+                state.cookies.state,
+                &browser.encode(),
+                Some(STATE_COOKIE_MAX_AGE),
+            );
+            if let Some(cookie) = cookie {
+                res.headers_mut().append(header::SET_COOKIE, cookie);
+            }
         }
         res
     } else {

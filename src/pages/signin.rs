@@ -751,14 +751,13 @@ pub fn callback(state: &Arc<AppState>, req: Request<Body>, _ctx: Ctx) -> Respons
                 .unwrap_or_else(|| "/".to_string());
             let max_age = state.accounts.settings.max_lifetime;
             let res = web::redirect(StatusCode::FOUND, &path, &state.branding.page_headers);
+            // The state cookie stays until it expires: another tab of this browser may
+            // be on its way here with a code bound to it.
             with_cookies(
                 res,
-                [
-                    state
-                        .cookies
-                        .set(state.cookies.app, &app_token.encode(), Some(max_age)),
-                    state.cookies.clear(state.cookies.state),
-                ],
+                [state
+                    .cookies
+                    .set(state.cookies.app, &app_token.encode(), Some(max_age))],
             )
         }
         Ok(None) => {

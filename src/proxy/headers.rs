@@ -101,20 +101,27 @@ pub fn remove_where(headers: &mut HeaderMap, mut doomed: impl FnMut(&HeaderName)
     }
 }
 
-/// Fields about earlier hops that do not reach the upstream: the ones we replace, always;
-/// from a peer that is not a trusted proxy also any other `X-Forwarded-*` and the
-/// URL-rewriting `X-Original-URL` / `X-Rewrite-URL`, which frameworks take as a proxy's
-/// word. Underscore spellings count: CGI-style servers read `X_Forwarded_For` as
-/// `X-Forwarded-For`.
-fn is_forwarding(name: &str, peer_trusted: bool) -> bool {
+/// The fields about earlier hops that [`set_forwarded`] replaces with what we know, in
+/// any spelling: CGI-style servers read `X_Forwarded_For` as `X-Forwarded-For`.
+fn is_replaced_forwarding(name: &str) -> bool {
     if name.contains('_') {
-        return is_forwarding(&name.replace('_', "-"), peer_trusted);
+        return is_replaced_forwarding(&name.replace('_', "-"));
     }
     FORWARDING.contains(&name)
-        || (!peer_trusted
-            && (name.starts_with("x-forwarded-")
-                || name == "x-original-url"
-                || name == "x-rewrite-url"))
+}
+
+/// Fields a client may not send at all, removed before anything of ours is added (an
+/// identity header may be named `X-Forwarded-User`): the URL-rewriting `X-Original-URL` /
+/// `X-Rewrite-URL`, which frameworks take as a proxy's word and a load balancer passes
+/// through, always; and from a peer that is not a trusted proxy any `X-Forwarded-*`.
+/// Underscore spellings count.
+pub fn is_client_forwarding(name: &str, peer_trusted: bool) -> bool {
+    if name.contains('_') {
+        return is_client_forwarding(&name.replace('_', "-"), peer_trusted);
+    }
+    name == "x-original-url"
+        || name == "x-rewrite-url"
+        || (!peer_trusted && name.starts_with("x-forwarded-"))
 }
 
 /// An address as a header value, formatted on the stack: on every proxied request, so the
@@ -180,7 +187,7 @@ pub fn set_forwarded(
     } else {
         None
     };
-    remove_where(headers, |name| is_forwarding(name.as_str(), peer_trusted));
+    remove_where(headers, |name| is_replaced_forwarding(name.as_str()));
     let xff = match prior_for {
         Some(prior) => HeaderValue::from_str(&format!("{prior}, {peer}")).ok(),
         None => peer_value(peer),
@@ -204,34 +211,31 @@ mod tests {
 
     #[test]
     fn proxy_fields_from_a_trusted_proxy_pass_and_from_anyone_else_do_not() {
+        for replaced in [
+            "x-forwarded-for",
+            "forwarded",
+            "x-real-ip",
+            "x_forwarded_for",
+            "x_real_ip",
+        ] {
+            assert!(is_replaced_forwarding(replaced), "{replaced}");
+        }
+        for ours in ["x-forwarded-user", "x-forwarded-email", "x-forwarded-port"] {
+            assert!(!is_replaced_forwarding(ours), "{ours}");
+        }
         for trusted in [false, true] {
-            for always in [
-                "x-forwarded-for",
-                "forwarded",
-                "x-real-ip",
-                "x_forwarded_for",
-                "X_Real_IP",
-            ] {
-                assert!(
-                    is_forwarding(&always.to_ascii_lowercase(), trusted),
-                    "{always}"
-                );
+            for never in ["x-original-url", "x-rewrite-url", "x_original_url"] {
+                assert!(is_client_forwarding(never, trusted), "{never}");
             }
-            for theirs in [
-                "x-forwarded-port",
-                "x-forwarded-prefix",
-                "x_forwarded_ssl",
-                "x-original-url",
-                "x-rewrite-url",
-            ] {
+            for theirs in ["x-forwarded-port", "x-forwarded-prefix", "x_forwarded_ssl"] {
                 assert_eq!(
-                    is_forwarding(theirs, trusted),
+                    is_client_forwarding(theirs, trusted),
                     !trusted,
                     "{theirs}, trusted: {trusted}"
                 );
             }
             for other in ["x-trace-id", "x_trace_id", "host", "forwarded-for"] {
-                assert!(!is_forwarding(other, trusted), "{other}");
+                assert!(!is_client_forwarding(other, trusted), "{other}");
             }
         }
     }

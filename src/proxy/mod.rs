@@ -106,6 +106,7 @@ impl Upstreams {
                 });
                 let proto = res.headers().get(header::UPGRADE).cloned();
                 headers::strip_hop_by_hop(res.headers_mut());
+                crate::web::cookies::strip_own_set_cookies(res.headers_mut());
                 res.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 if let Some(p) = proto {

@@ -79,12 +79,22 @@ pub fn is_portcullis_cookie(name: &[u8]) -> bool {
 /// end one. Other cookies pass untouched, in order.
 pub fn strip_own_set_cookies(headers: &mut HeaderMap) {
     let ours = |v: &HeaderValue| {
-        let name = v
+        let pair = v
             .as_bytes()
-            .split(|b| *b == b'=')
+            .split(|b| *b == b';')
             .next()
             .unwrap_or_default();
-        is_portcullis_cookie(name.trim_ascii())
+        let mut parts = pair.splitn(2, |b| *b == b'=');
+        let name = parts.next().unwrap_or_default().trim_ascii();
+        // A cookie with no name (`=portcullis-app=x`) comes back from browsers as its
+        // value alone (`portcullis-app=x`): judge it by what it will look like then.
+        let name = if name.is_empty() {
+            let value = parts.next().unwrap_or_default().trim_ascii();
+            value.split(|b| *b == b'=').next().unwrap_or_default()
+        } else {
+            name
+        };
+        is_portcullis_cookie(name)
     };
     if !headers.get_all(header::SET_COOKIE).iter().any(ours) {
         return;

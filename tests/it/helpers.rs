@@ -153,6 +153,9 @@ async fn upstream_handler(
         });
         let mut res = Response::new(full(""));
         *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        for cookie in req.headers().get_all("x-test-set-cookie") {
+            res.headers_mut().append(header::SET_COOKIE, cookie.clone());
+        }
         res.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         res.headers_mut()

@@ -205,6 +205,7 @@ async fn an_upstream_cannot_set_portcullis_cookies() {
             ),
             ("x-test-set-cookie", "portcullis-app=planted; Path=/"),
             ("x-test-set-cookie", " Portcullis-Session=; Max-Age=0"),
+            ("x-test-set-cookie", "=portcullis-app=planted"),
             ("x-test-set-cookie", "lang=en"),
         ],
     )
@@ -217,6 +218,43 @@ async fn an_upstream_cannot_set_portcullis_cookies() {
         .map(|v| v.to_str().unwrap())
         .collect();
     assert_eq!(set, ["theme=dark; Path=/", "lang=en"]);
+}
+
+/// An identity header may be named like a forwarding field (`X-Forwarded-User`, as
+/// oauth2-proxy does): a client's own is stripped, ours reaches the upstream, also from a
+/// client that is not a trusted proxy. (The test config's second app, analytics, is the
+/// one given the header.)
+#[tokio::test]
+async fn an_identity_header_named_x_forwarded_user_reaches_the_upstream() {
+    let portal = spawn_upstream("portal").await;
+    let analytics = spawn_upstream("analytics").await;
+    let srv = start_server(|port| {
+        config_text(port, portal.addr, analytics.addr, "", "").replace(
+            "public_paths = [\"/echo\", \"/slow/*\"]",
+            "public_paths = [\"/echo\", \"/slow/*\"]\n[app.headers]\nuser = \"X-Forwarded-User\"",
+        )
+    })
+    .await;
+    let p = activate_and_sign_in(&srv, "uma", &["analytics"]).await;
+    let private = format!("{}/private", srv.url("analytics"));
+    assert_eq!(
+        last(&p.browser.follow(&private).await).status,
+        StatusCode::OK
+    );
+    let page = p
+        .browser
+        .request(
+            Method::GET,
+            &private,
+            &[("x-forwarded-user", "admin")],
+            None,
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(
+        page.json()["headers"]["x-forwarded-user"],
+        serde_json::json!(["uma"])
+    );
 }
 
 #[tokio::test]
@@ -400,12 +438,17 @@ async fn upgrade_passes_through_and_echoes() {
                 ("upgrade", "websocket"),
                 ("sec-websocket-version", "13"),
                 ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("x-test-set-cookie", "portcullis-app=planted"),
+                ("x-test-set-cookie", "theme=dark"),
             ],
             body_from(""),
         )
         .await;
     assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(res.headers()[header::UPGRADE], "websocket");
+    // The handshake cannot set our cookies either; the app's own pass.
+    let set: Vec<_> = res.headers().get_all(header::SET_COOKIE).iter().collect();
+    assert_eq!(set, ["theme=dark"]);
     let upgraded = hyper::upgrade::on(res).await.unwrap();
     let mut io = hyper_util::rt::TokioIo::new(upgraded);
     for msg in [&b"hello"[..], b"portcullis", &[0u8, 255, 1, 2]] {

@@ -630,6 +630,30 @@ async fn handoff_code(b: &Browser, rd: &str) -> String {
     res.location().unwrap()
 }
 
+/// Two tabs of one browser sent to sign in at once both arrive: the second keeps the
+/// state cookie the first got, so the first tab's code still fits it.
+#[tokio::test]
+async fn two_tabs_sent_to_sign_in_at_once_both_arrive() {
+    let s = setup().await;
+    let srv = &s.server;
+    let p = activate_and_sign_in(srv, "vic", &["portal"]).await;
+    p.browser
+        .set_cookie("portal.localhost", "portcullis-app", "gone");
+    let to_login_a = p.browser.get(&format!("{}/a", srv.url("portal"))).await;
+    let to_login_b = p.browser.get(&format!("{}/b", srv.url("portal"))).await;
+    assert!(
+        set_cookies(&to_login_b).is_empty(),
+        "the state cookie was replaced"
+    );
+    let code_a = p.browser.get(&to_login_a.location().unwrap()).await;
+    let code_b = p.browser.get(&to_login_b.location().unwrap()).await;
+    for (code, path) in [(code_a, "/a"), (code_b, "/b")] {
+        let res = p.browser.get(&code.location().unwrap()).await;
+        assert_eq!(res.status, StatusCode::FOUND, "{}", res.body);
+        assert_eq!(res.location().unwrap(), path);
+    }
+}
+
 #[tokio::test]
 async fn handoff_codes_are_single_use_and_bound_to_their_app_and_browser() {
     let s = setup().await;
