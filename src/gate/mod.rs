@@ -178,10 +178,8 @@ fn authorize(identity: &crate::pages::Identity, app: &AppConfig) -> Result<(), R
 /// enrol an authenticator on the way.
 const STATE_COOKIE_MAX_AGE: i64 = 3600;
 
-/// SPEC §2.1: navigations go to the sign-in page; everything else gets 401 JSON. The
-/// browser gets a state cookie on this origin (kept if it has one, so two tabs signing in
-/// at once do not undo each other), and the sign-in page the hash of it (`s`): the
-/// hand-off code it sends back works only with that cookie (SPEC §2.5).
+/// SPEC §2.1: navigations go to the sign-in page (`to_sign_in`); everything else gets
+/// 401 JSON.
 /// `held`: the state cookie the browser sent, read before `strip` removed it.
 fn unauthenticated(
     state: &AppState,
@@ -190,16 +188,6 @@ fn unauthenticated(
     held: Option<SecretToken>,
 ) -> Response<Body> {
     if web::is_navigation(req.method(), req.headers()) {
-        let (browser, new) = match held {
-            Some(t) => (t, false),
-            None => match SecretToken::generate() {
-                Ok(t) => (t, true),
-                Err(e) => {
-                    tracing::error!(error = %e, "no randomness for a state cookie");
-                    return Refusal::Unavailable.respond(&state.branding, true);
-                }
-            },
-        };
         let original = format!(
             "{}{}",
             app.url,
@@ -208,27 +196,45 @@ fn unauthenticated(
                 .map(|p| p.as_str())
                 .unwrap_or("/")
         );
-        let location = format!(
-            "{}/.portcullis/login?rd={}&s={}",
-            state.config.server.auth_url,
-            percent_encoding::utf8_percent_encode(&original, percent_encoding::NON_ALPHANUMERIC),
-            SecretToken::from_bytes(browser.hash()).encode()
-        );
-        let mut res = web::redirect(StatusCode::FOUND, &location, &state.branding.page_headers);
-        if new {
-            let cookie = state.cookies.set(
-                state.cookies.state,
-                &browser.encode(),
-                Some(STATE_COOKIE_MAX_AGE),
-            );
-            if let Some(cookie) = cookie {
-                res.headers_mut().append(header::SET_COOKIE, cookie);
-            }
-        }
-        res
+        to_sign_in(state, &original, held)
     } else {
         Refusal::Unauthenticated.respond(&state.branding, false)
     }
+}
+
+/// Sends a browser on an app origin to the sign-in page for `rd` (a URL of that app),
+/// with a state cookie on this origin — the one it holds if any, so two tabs signing in
+/// at once do not undo each other — and the hash of it as `s`: the hand-off code it
+/// brings back works only with that cookie (SPEC §2.5).
+pub fn to_sign_in(state: &AppState, rd: &str, held: Option<SecretToken>) -> Response<Body> {
+    let (browser, new) = match held {
+        Some(t) => (t, false),
+        None => match SecretToken::generate() {
+            Ok(t) => (t, true),
+            Err(e) => {
+                tracing::error!(error = %e, "no randomness for a state cookie");
+                return Refusal::Unavailable.respond(&state.branding, true);
+            }
+        },
+    };
+    let location = format!(
+        "{}/.portcullis/login?rd={}&s={}",
+        state.config.server.auth_url,
+        percent_encoding::utf8_percent_encode(rd, percent_encoding::NON_ALPHANUMERIC),
+        SecretToken::from_bytes(browser.hash()).encode()
+    );
+    let mut res = web::redirect(StatusCode::FOUND, &location, &state.branding.page_headers);
+    if new {
+        let cookie = state.cookies.set(
+            state.cookies.state,
+            &browser.encode(),
+            Some(STATE_COOKIE_MAX_AGE),
+        );
+        if let Some(cookie) = cookie {
+            res.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+    }
+    res
 }
 
 /// `upgrade`: the protocol the client asked to switch to, read when its hop-by-hop

@@ -53,6 +53,7 @@ pub async fn handle(
         "/.portcullis/jwks.json" if get => jwks(state),
         "/.portcullis/assets/portcullis.css" if get => stylesheet(),
         "/.portcullis/callback" if get && site.app.is_some() => signin::callback(state, req, ctx),
+        "/.portcullis/start" if get && site.app.is_some() => signin::start(state, req, ctx),
         "/.portcullis/logout" if (get || post) && !site.is_auth => {
             signin::app_logout(state, req, ctx)
         }

@@ -657,7 +657,9 @@ pub async fn code_post(state: &Arc<AppState>, req: Request<Body>, ctx: Ctx) -> R
 /// Where a signed-in person goes: to the app named by `rd` through a one-time hand-off
 /// code (SPEC §2.5), or to the list of their apps. The code is made only for a browser
 /// that brought the hash of its state cookie from the app (`browser`); without one, the
-/// browser goes to the app itself, which gives it a state cookie and sends it back here.
+/// browser goes to the app's `/.portcullis/start` ([`start`]), which gives it a state
+/// cookie and sends it back here. Not to `rd` itself: a public path there would be served
+/// without ever coming back.
 fn after_sign_in(
     state: &AppState,
     signed_in: &Verified,
@@ -683,7 +685,12 @@ fn after_sign_in(
         return with_cookies(res, [extra_cookie]);
     };
     let Some(browser) = browser else {
-        let res = web::redirect(status, rd.as_str(), &state.branding.page_headers);
+        let start = format!(
+            "{}/.portcullis/start?rd={}",
+            app.url,
+            percent_encoding::utf8_percent_encode(rd.as_str(), percent_encoding::NON_ALPHANUMERIC)
+        );
+        let res = web::redirect(status, &start, &state.branding.page_headers);
         return with_cookies(res, [extra_cookie]);
     };
     match state
@@ -726,6 +733,20 @@ fn signed_in_page(
         support: &state.branding.support_contact,
     };
     with_cookies(render(state, StatusCode::OK, &page), [csrf.set_cookie])
+}
+
+/// On an app origin: on to the sign-in page for `rd` (a page of this app; else its root)
+/// with this origin's state cookie, as a browser sent to sign in by the gate goes.
+pub fn start(state: &Arc<AppState>, req: Request<Body>, ctx: Ctx) -> Response<Body> {
+    let Some(app) = ctx.site.app.and_then(|i| state.config.apps.get(i)) else {
+        return refuse(state, Refusal::NotFound);
+    };
+    let rd = validate_rd(state, &query_param(&req, "rd").unwrap_or_default())
+        .filter(|t| app_for(state, t).is_some_and(|a| a.id == app.id))
+        .map(|t| t.as_str().to_string())
+        .unwrap_or_else(|| format!("{}/", app.url));
+    let held = cookies::get(req.headers(), state.cookies.state).and_then(SecretToken::parse);
+    crate::gate::to_sign_in(state, &rd, held)
 }
 
 /// On an app origin: redeems the one-time code, sets the app's own cookie, and goes

@@ -654,6 +654,40 @@ async fn two_tabs_sent_to_sign_in_at_once_both_arrive() {
     }
 }
 
+/// A sign-in link to a public page of an app, without the app's state (`s`), still ends
+/// in the app with its cookie: the browser gets its state at the app's
+/// `/.portcullis/start`, not at the public page, which would be served without coming back.
+#[tokio::test]
+async fn a_sign_in_link_to_a_public_page_hands_the_session_over() {
+    let s = setup().await;
+    let srv = &s.server;
+    let p = activate_and_sign_in(srv, "wren", &["portal"]).await;
+    p.browser
+        .set_cookie("portal.localhost", "portcullis-app", "gone");
+    let rd = format!("{}/echo", srv.url("portal"));
+    let chain = p
+        .browser
+        .follow(&format!(
+            "{}/.portcullis/login?rd={}",
+            srv.url("login"),
+            urlencode(&rd)
+        ))
+        .await;
+    assert_eq!(last(&chain).status, StatusCode::OK);
+    assert!(
+        chain.iter().any(|(u, _)| u.contains("/.portcullis/start")),
+        "{:?}",
+        chain.iter().map(|(u, _)| u).collect::<Vec<_>>()
+    );
+    assert_ne!(
+        p.browser
+            .cookie("portal.localhost", "portcullis-app")
+            .as_deref(),
+        Some("gone")
+    );
+    assert_eq!(last(&chain).json()["path"], "/echo");
+}
+
 #[tokio::test]
 async fn handoff_codes_are_single_use_and_bound_to_their_app_and_browser() {
     let s = setup().await;
