@@ -670,9 +670,9 @@ impl Accounts {
 
     /// A one-time code that carries a signed-in session to `app_id`'s own cookie.
     /// `browser`: the hash of the state cookie the browser holds on the app's origin
-    /// (sent to the sign-in page as `s`); the code is stored under a hash of both, so it
-    /// redeems only in that browser. A code taken from one's own sign-in and sent to
-    /// someone else would otherwise sign them in to the app as oneself (login CSRF).
+    /// (sent to the sign-in page as `s`); the code redeems only in that browser. A code
+    /// taken from one's own sign-in and sent to someone else would otherwise sign them in
+    /// to the app as oneself (login CSRF).
     pub fn create_handoff(
         &self,
         session: &Session,
@@ -682,11 +682,12 @@ impl Accounts {
     ) -> Result<SecretToken, SignInError> {
         let code = SecretToken::generate()?;
         self.store.put_handoff(HandOff {
-            code_hash: code.hash_with(browser),
+            code_hash: code.hash(),
             session_hash: session.id_hash,
             app_id: app_id.to_string(),
             rd: rd.to_string(),
             expires_at: self.now() + HANDOFF_TTL,
+            browser: *browser,
         })?;
         Ok(code)
     }
@@ -701,10 +702,14 @@ impl Accounts {
         browser: &[u8; 32],
     ) -> Result<Option<(SecretToken, String)>, SignInError> {
         let now = self.now();
-        let Some(handoff) = self.store.take_handoff(&code.hash_with(browser), now)? else {
+        // Taken whoever presents it, so a code that reached the wrong browser is used up
+        // there, not left for whoever holds the right cookie.
+        let Some(handoff) = self.store.take_handoff(&code.hash(), now)? else {
             return Ok(None);
         };
-        if handoff.app_id != app_id {
+        let same_browser =
+            aws_lc_rs::constant_time::verify_slices_are_equal(&handoff.browser, browser).is_ok();
+        if handoff.app_id != app_id || !same_browser {
             return Ok(None);
         }
         let Some(parent) = self.store.session(&handoff.session_hash)? else {

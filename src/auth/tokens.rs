@@ -63,17 +63,6 @@ impl SecretToken {
         out
     }
 
-    /// SHA-256 of the token followed by `binding`: how a one-time code is stored when it
-    /// works only together with something else (a browser's state cookie).
-    pub fn hash_with(&self, binding: &[u8; 32]) -> [u8; 32] {
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(&self.0);
-        ctx.update(binding);
-        let mut out = [0u8; 32];
-        out.copy_from_slice(ctx.finish().as_ref());
-        out
-    }
-
     /// A 32-byte value carried in the token's encoding, such as a hash sent in a URL.
     pub fn from_bytes(bytes: [u8; TOKEN_LEN]) -> Self {
         Self(bytes)

@@ -759,9 +759,13 @@ pub fn callback(state: &Arc<AppState>, req: Request<Body>, _ctx: Ctx) -> Respons
     let browser = cookies::get(req.headers(), state.cookies.state)
         .and_then(SecretToken::parse)
         .map(|t| t.hash());
-    let redeemed = match (code, browser) {
-        (Some(code), Some(browser)) => state.accounts.redeem_handoff(&code, &app.id, &browser),
-        _ => Ok(None),
+    // A browser without the state cookie is not the one the code was made for; the code
+    // is used up all the same.
+    let redeemed = match code {
+        Some(code) => state
+            .accounts
+            .redeem_handoff(&code, &app.id, &browser.unwrap_or_default()),
+        None => Ok(None),
     };
     match redeemed {
         Ok(Some((app_token, rd))) => {

@@ -354,6 +354,8 @@ pub struct HandOff {
     pub app_id: String,
     pub rd: String,
     pub expires_at: UnixSeconds,
+    /// The hash of the state cookie of the browser the code was made for (SPEC §2.5).
+    pub browser: [u8; 32],
 }
 
 /// Recent failed sign-in attempts of one user, for the lockout rule.
@@ -641,6 +643,10 @@ pub struct HandOffV1 {
     pub app_id: String,
     pub rd: String,
     pub expires_at: UnixSeconds,
+    /// Absent in records written before hand-offs were bound to a browser: those
+    /// redeem nowhere (and expire within a minute anyway).
+    #[serde(default)]
+    pub browser: String,
 }
 
 impl From<&HandOff> for HandOffV1 {
@@ -651,6 +657,7 @@ impl From<&HandOff> for HandOffV1 {
             app_id: h.app_id.clone(),
             rd: h.rd.clone(),
             expires_at: h.expires_at,
+            browser: to_hex(&h.browser),
         }
     }
 }
@@ -664,6 +671,11 @@ impl TryFrom<HandOffV1> for HandOff {
             app_id: r.app_id,
             rd: r.rd,
             expires_at: r.expires_at,
+            browser: if r.browser.is_empty() {
+                [0; 32]
+            } else {
+                hash_from_hex(&r.browser, "hand-off browser binding")?
+            },
         })
     }
 }

@@ -710,6 +710,7 @@ fn purge_removes_only_what_has_expired() {
                 app_id: "portal".into(),
                 rd: "/".into(),
                 expires_at: exp,
+                browser: [7; 32],
             })
             .unwrap();
     }
@@ -749,6 +750,7 @@ fn handoff_is_taken_once_and_not_after_expiry() {
         app_id: "portal".into(),
         rd: "https://portal.example.com/x?y=1".into(),
         expires_at: T0 + 60,
+        browser: [7; 32],
     };
     f.store.put_handoff(h.clone()).unwrap();
     assert_eq!(
@@ -775,6 +777,7 @@ fn concurrent_redemption_of_one_handoff_succeeds_once() {
             app_id: "portal".into(),
             rd: "/".into(),
             expires_at: T0 + 60,
+            browser: [7; 32],
         })
         .unwrap();
     let handles: Vec<_> = (0..4)
@@ -920,6 +923,7 @@ fn populate(store: &dyn Store) {
             app_id: "portal".into(),
             rd: "/".into(),
             expires_at: T0 + 60,
+            browser: [7; 32],
         })
         .unwrap();
     store

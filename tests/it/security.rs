@@ -697,15 +697,26 @@ async fn handoff_codes_are_single_use_and_bound_to_their_app_and_browser() {
     let callback = handoff_code(&p.browser, &rd).await;
     assert!(callback.starts_with(&format!("{}/.portcullis/callback?code=", srv.url("portal"))));
     // Login CSRF: a code from one's own sign-in, opened in someone else's browser, does
-    // not sign them in as oneself — with no state cookie, or with their own.
+    // not sign them in as oneself — with no state cookie, or with their own — and is
+    // used up there, not left for whoever holds the right cookie.
     let victim = Browser::new(srv.addr);
     assert_eq!(victim.get(&callback).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        p.browser.get(&callback).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let callback = handoff_code(&p.browser, &rd).await;
     assert_eq!(victim.get(&rd).await.status, StatusCode::FOUND);
     assert_eq!(victim.get(&callback).await.status, StatusCode::BAD_REQUEST);
     assert!(victim
         .cookie("portal.localhost", "portcullis-app")
         .is_none());
-    // Replayed at another app, by the browser it was made for: refused.
+    assert_eq!(
+        p.browser.get(&callback).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    // Replayed at another app, by the browser it was made for: refused, and used up.
+    let callback = handoff_code(&p.browser, &rd).await;
     let analytics = format!("{}/x", srv.url("analytics"));
     assert_eq!(p.browser.get(&analytics).await.status, StatusCode::FOUND);
     let elsewhere = callback.replace("portal.localhost", "analytics.localhost");
@@ -713,7 +724,12 @@ async fn handoff_codes_are_single_use_and_bound_to_their_app_and_browser() {
         p.browser.get(&elsewhere).await.status,
         StatusCode::BAD_REQUEST
     );
+    assert_eq!(
+        p.browser.get(&callback).await.status,
+        StatusCode::BAD_REQUEST
+    );
     // In its own browser and app it works, once.
+    let callback = handoff_code(&p.browser, &rd).await;
     let res = p.browser.get(&callback).await;
     assert_eq!(res.status, StatusCode::FOUND, "{}", res.body);
     assert_eq!(res.location().unwrap(), "/here");
