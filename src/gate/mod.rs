@@ -111,17 +111,24 @@ async fn dispatch(
         return crate::pages::landing(state, &req);
     };
     let mut req = req;
-    // Read our cookies before `strip` removes them from what the upstream will see.
-    let credential = crate::pages::credential(state, &req);
-    let held_state = cookies::get(req.headers(), state.cookies.state).and_then(SecretToken::parse);
+    let public = route::is_plain_path(req.uri().path())
+        && app.public_paths.iter().any(|p| p.matches(req.uri().path()));
+    // Our cookies, read before `strip` removes them from what the upstream will see. A
+    // public path needs neither.
+    let (credential, held_state) = if public {
+        (None, None)
+    } else {
+        (
+            crate::pages::credential(state, &req),
+            cookies::get(req.headers(), state.cookies.state).and_then(SecretToken::parse),
+        )
+    };
     // Before anything of ours is added: a client's `Connection` may name its own
     // hop-by-hop fields, never the identity or `X-Forwarded-*` headers we set below.
     let upgrade = hop::strip_hop_by_hop(req.headers_mut());
     let peer_trusted = forwarded::is_trusted(conn.peer.ip(), &state.config.server.trusted_proxies);
     strip(state, &mut req, peer_trusted);
 
-    let public = route::is_plain_path(req.uri().path())
-        && app.public_paths.iter().any(|p| p.matches(req.uri().path()));
     if !public {
         let identity = match crate::pages::authenticate(state, credential, app) {
             Ok(Some(identity)) => identity,
