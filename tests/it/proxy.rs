@@ -11,6 +11,28 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
 
+/// `GET /private` on `app` with `headers`, by a new person signed in to it (the app's
+/// cookie fetched through the sign-in origin first), as the upstream answered it.
+async fn get_private_signed_in(
+    srv: &TestServer,
+    name: &str,
+    app: &str,
+    headers: &[(&str, &str)],
+) -> Page {
+    let p = activate_and_sign_in(srv, name, &[app]).await;
+    let private = format!("{}/private", srv.url(app));
+    assert_eq!(
+        last(&p.browser.follow(&private).await).status,
+        StatusCode::OK
+    );
+    let page = p
+        .browser
+        .request(Method::GET, &private, headers, None)
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    page
+}
+
 /// `GET /echo` on `app`'s origin with `headers`, through a fresh browser: a public path
 /// the test upstream answers with the request it saw, as JSON.
 async fn get_echo(server: &TestServer, app: &str, headers: &[(&str, &str)]) -> Page {
@@ -235,22 +257,8 @@ async fn an_identity_header_named_x_forwarded_user_reaches_the_upstream() {
         )
     })
     .await;
-    let p = activate_and_sign_in(&srv, "uma", &["analytics"]).await;
-    let private = format!("{}/private", srv.url("analytics"));
-    assert_eq!(
-        last(&p.browser.follow(&private).await).status,
-        StatusCode::OK
-    );
-    let page = p
-        .browser
-        .request(
-            Method::GET,
-            &private,
-            &[("x-forwarded-user", "admin")],
-            None,
-        )
-        .await;
-    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let page =
+        get_private_signed_in(&srv, "uma", "analytics", &[("x-forwarded-user", "admin")]).await;
     assert_eq!(
         page.json()["headers"]["x-forwarded-user"],
         serde_json::json!(["uma"])
@@ -315,27 +323,17 @@ async fn header_named_in_connection_is_not_forwarded_either_way() {
 async fn connection_cannot_remove_the_headers_portcullis_sets() {
     let s = setup().await;
     let srv = &s.server;
-    let p = activate_and_sign_in(srv, "cora", &["portal"]).await;
-    let private = format!("{}/private", srv.url("portal"));
-    // The first visit to the app fetches its cookie through the sign-in origin.
-    assert_eq!(
-        last(&p.browser.follow(&private).await).status,
-        StatusCode::OK
-    );
-    let page = p
-        .browser
-        .request(
-            Method::GET,
-            &private,
-            &[(
-                "connection",
-                "x-portcullis-user, X-Portcullis-Assertion, x-forwarded-for, \
-                 x-forwarded-proto, x-forwarded-host",
-            )],
-            None,
-        )
-        .await;
-    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let page = get_private_signed_in(
+        srv,
+        "cora",
+        "portal",
+        &[(
+            "connection",
+            "x-portcullis-user, X-Portcullis-Assertion, x-forwarded-for, \
+             x-forwarded-proto, x-forwarded-host",
+        )],
+    )
+    .await;
     let v = page.json();
     assert_eq!(v["headers"]["x-portcullis-user"][0], "cora", "{v}");
     assert!(v["headers"]["x-portcullis-assertion"][0].is_string(), "{v}");
