@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{header, Request, Response, StatusCode};
+use http::{header, HeaderName, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -47,13 +47,11 @@ pub async fn handle(
     });
     // RFC 9112 §3.2: a request naming its host twice is refused, or routing and the
     // upstream could each go by a different one.
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    let host_twice = hosts.next().is_some();
+    let host_twice = req.headers().get_all(header::HOST).iter().nth(1).is_some();
     let site = if host_twice {
         None
     } else {
-        state.router.route(req.uri(), host)
+        state.router.route(req.uri(), req.headers())
     };
     let app_index = site.and_then(|s| s.app);
 
@@ -122,7 +120,7 @@ async fn dispatch(
     } else {
         (
             crate::pages::credential(state, &req),
-            crate::pages::state_cookie(state, &req),
+            cookies::get(req.headers(), state.cookies.state).and_then(SecretToken::parse),
         )
     };
     // Before anything of ours is added: a client's `Connection` may name its own
@@ -144,8 +142,7 @@ async fn dispatch(
             return refuse(state, &refusal, &req);
         }
     }
-    let app_index = site.app.unwrap_or_default();
-    forward(state, req, upgrade, app, app_index, conn, peer_trusted).await
+    forward(state, req, upgrade, app, site.app.unwrap_or_default(), conn).await
 }
 
 /// `/.portcullis/` and everything under it belongs to Portcullis on every host.
@@ -159,17 +156,19 @@ pub fn is_reserved(path: &str) -> bool {
 pub fn strip(state: &AppState, req: &mut Request<Body>, peer_trusted: bool) {
     let headers = req.headers_mut();
     hop::remove_where(headers, |name| {
-        // Underscore spellings too: `X_Portcullis_User` is `X-Portcullis-User` to a
-        // CGI-style server.
-        let name = hop::dashed(name.as_str());
-        hop::is_client_forwarding(&name, peer_trusted)
-            || name.starts_with("x-portcullis-")
-            || state
-                .identity_header_names
-                .iter()
-                .any(|ours| ours.as_str() == name)
+        hop::is_client_forwarding(name.as_str(), peer_trusted)
+            || is_identity_header(state, name)
+            // CGI-style servers (PHP, WSGI, Rack) read `X_Portcullis_User` as
+            // `X-Portcullis-User`; so does any app that folds `_` into `-`.
+            || (name.as_str().contains('_')
+                && HeaderName::from_bytes(name.as_str().replace('_', "-").as_bytes())
+                    .is_ok_and(|dashed| is_identity_header(state, &dashed)))
     });
     cookies::strip_own(headers);
+}
+
+fn is_identity_header(state: &AppState, name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-portcullis-") || state.identity_header_names.contains(name)
 }
 
 fn authorize(identity: &crate::pages::Identity, app: &AppConfig) -> Result<(), Refusal> {
@@ -246,7 +245,7 @@ pub fn to_sign_in(state: &AppState, rd: &str, held: Option<SecretToken>) -> Resp
 }
 
 /// `upgrade`: the protocol the client asked to switch to, read when its hop-by-hop
-/// fields were removed. `peer_trusted`: whether the peer is one of `trusted_proxies`.
+/// fields were removed.
 async fn forward(
     state: &AppState,
     mut req: Box<Request<Body>>,
@@ -254,9 +253,9 @@ async fn forward(
     app: &AppConfig,
     app_index: usize,
     conn: ConnInfo,
-    peer_trusted: bool,
 ) -> Response<Body> {
     let peer = conn.peer.ip();
+    let trusted = forwarded::is_trusted(peer, &state.config.server.trusted_proxies);
     let host = host_value(&req);
     // The upstream sees the authority the request was routed and authorised by. With an
     // absolute-form target or HTTP/2's `:authority`, that is not the client's `Host`
@@ -265,7 +264,7 @@ async fn forward(
         req.headers_mut().insert(header::HOST, routed.clone());
     }
     let proto = if conn.tls { "https" } else { "http" };
-    hop::set_forwarded(req.headers_mut(), peer, peer_trusted, proto, host);
+    hop::set_forwarded(req.headers_mut(), peer, trusted, proto, host);
     let metrics = &state.accounts.metrics;
     let sent = Instant::now();
     match state.upstreams.forward(req, upgrade, &app.upstream).await {

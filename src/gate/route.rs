@@ -1,7 +1,8 @@
 //! Routing by `Host` / `:authority` to the configured site, and the path checks that
 //! decide whether a request may skip sign-in.
 
-use http::{HeaderValue, Uri};
+use http::header::{self, HeaderMap};
+use http::Uri;
 
 use crate::config::{split_host_port, Config};
 use crate::web::host_map::HostMap;
@@ -48,11 +49,10 @@ impl Router {
 
     /// The site for a request. A `Host` without a port matches the site on that host when
     /// there is exactly one (behind a load balancer the public port is not the listener's).
-    /// `host`: the request's `Host` (the caller has refused a request with two).
-    pub fn route(&self, uri: &Uri, host: Option<&HeaderValue>) -> Option<Site> {
+    pub fn route(&self, uri: &Uri, headers: &HeaderMap) -> Option<Site> {
         let authority = match uri.authority() {
             Some(a) => a.as_str(),
-            None => host?.to_str().ok()?,
+            None => headers.get(header::HOST)?.to_str().ok()?,
         };
         let (host, port) = split_host_port(authority)?;
         let candidates = self.hosts.get(host.as_ref())?;
@@ -116,6 +116,7 @@ fn is_encoded_separator(hex: &[u8]) -> bool {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use std::path::Path;
 
     fn cfg() -> Config {
@@ -140,8 +141,10 @@ upstream = "http://127.0.0.1:9002"
         .unwrap()
     }
 
-    fn host(h: &str) -> Option<HeaderValue> {
-        Some(HeaderValue::from_str(h).unwrap())
+    fn host(h: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(header::HOST, HeaderValue::from_str(h).unwrap());
+        m
     }
 
     #[test]
@@ -149,38 +152,28 @@ upstream = "http://127.0.0.1:9002"
         let r = Router::new(&cfg());
         let uri: Uri = "/x".parse().unwrap();
         assert_eq!(
-            r.route(&uri, host("portal.localhost:8080").as_ref())
-                .unwrap()
-                .app,
+            r.route(&uri, &host("portal.localhost:8080")).unwrap().app,
             Some(0)
         );
         assert_eq!(
-            r.route(&uri, host("PORTAL.localhost.:8080").as_ref())
-                .unwrap()
-                .app,
+            r.route(&uri, &host("PORTAL.localhost.:8080")).unwrap().app,
             Some(0)
         );
-        assert!(r
-            .route(&uri, host("portal.localhost:8081").as_ref())
-            .is_none());
-        assert!(r
-            .route(&uri, host("evil.localhost:8080").as_ref())
-            .is_none());
+        assert!(r.route(&uri, &host("portal.localhost:8081")).is_none());
+        assert!(r.route(&uri, &host("evil.localhost:8080")).is_none());
         assert!(
-            r.route(&uri, host("login.localhost:8080").as_ref())
+            r.route(&uri, &host("login.localhost:8080"))
                 .unwrap()
                 .is_auth
         );
         assert_eq!(
-            r.route(&uri, host("shop.example.com").as_ref())
-                .unwrap()
-                .app,
+            r.route(&uri, &host("shop.example.com")).unwrap().app,
             Some(1)
         );
-        assert!(r.route(&uri, None).is_none());
-        assert!(r.route(&uri, host("a b").as_ref()).is_none());
+        assert!(r.route(&uri, &HeaderMap::new()).is_none());
+        assert!(r.route(&uri, &host("a b")).is_none());
         let h2: Uri = "https://shop.example.com/x".parse().unwrap();
-        assert_eq!(r.route(&h2, None).unwrap().app, Some(1));
+        assert_eq!(r.route(&h2, &HeaderMap::new()).unwrap().app, Some(1));
     }
 
     /// The rules read one at a time, as `is_plain_path` once was; it must agree on every

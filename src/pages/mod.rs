@@ -87,12 +87,6 @@ pub fn credential(state: &AppState, req: &Request<Body>) -> Option<SecretToken> 
     cookies::get(req.headers(), state.cookies.app).and_then(SecretToken::parse)
 }
 
-/// The state cookie a browser holds on an app origin while it signs in
-/// (`gate::to_sign_in`).
-pub fn state_cookie(state: &AppState, req: &Request<Body>) -> Option<SecretToken> {
-    cookies::get(req.headers(), state.cookies.state).and_then(SecretToken::parse)
-}
-
 /// The signed-in person behind an app cookie's token. A missing, malformed or dead
 /// cookie is simply "not signed in".
 pub fn authenticate(

@@ -745,7 +745,8 @@ pub fn start(state: &Arc<AppState>, req: Request<Body>, ctx: Ctx) -> Response<Bo
         .filter(|t| app_for(state, t).is_some_and(|a| a.id == app.id))
         .map(|t| t.as_str().to_string())
         .unwrap_or_else(|| format!("{}/", app.url));
-    crate::gate::to_sign_in(state, &rd, super::state_cookie(state, &req))
+    let held = cookies::get(req.headers(), state.cookies.state).and_then(SecretToken::parse);
+    crate::gate::to_sign_in(state, &rd, held)
 }
 
 /// On an app origin: redeems the one-time code, sets the app's own cookie, and goes
@@ -755,7 +756,9 @@ pub fn callback(state: &Arc<AppState>, req: Request<Body>, _ctx: Ctx) -> Respons
         return refuse(state, Refusal::NotFound);
     };
     let code = query_param(&req, "code").and_then(|c| SecretToken::parse(&c));
-    let browser = super::state_cookie(state, &req).map(|t| t.hash());
+    let browser = cookies::get(req.headers(), state.cookies.state)
+        .and_then(SecretToken::parse)
+        .map(|t| t.hash());
     // A browser without the state cookie is not the one the code was made for; the code
     // is used up all the same.
     let redeemed = match code {

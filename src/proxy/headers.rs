@@ -1,7 +1,6 @@
 //! Header hygiene for forwarding: hop-by-hop removal (RFC 9110 §7.6.1) in both directions,
 //! and the `X-Forwarded-*` headers the upstream sees.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -102,29 +101,24 @@ pub fn remove_where(headers: &mut HeaderMap, mut doomed: impl FnMut(&HeaderName)
     }
 }
 
-/// A field name as CGI-style servers (PHP, WSGI, Rack) and apps that fold `_` into `-`
-/// read it: `X_Forwarded_For` is `X-Forwarded-For` to them, so it is to our checks too.
-pub fn dashed(name: &str) -> Cow<'_, str> {
-    if name.contains('_') {
-        Cow::Owned(name.replace('_', "-"))
-    } else {
-        Cow::Borrowed(name)
-    }
-}
-
 /// The fields about earlier hops that [`set_forwarded`] replaces with what we know, in
-/// any spelling ([`dashed`]).
+/// any spelling: CGI-style servers read `X_Forwarded_For` as `X-Forwarded-For`.
 fn is_replaced_forwarding(name: &str) -> bool {
-    FORWARDING.contains(&&*dashed(name))
+    if name.contains('_') {
+        return is_replaced_forwarding(&name.replace('_', "-"));
+    }
+    FORWARDING.contains(&name)
 }
 
 /// Fields a client may not send at all, removed before anything of ours is added (an
 /// identity header may be named `X-Forwarded-User`): the URL-rewriting `X-Original-URL` /
 /// `X-Rewrite-URL`, which frameworks take as a proxy's word and a load balancer passes
 /// through, always; and from a peer that is not a trusted proxy any `X-Forwarded-*`.
-/// Underscore spellings count ([`dashed`]).
+/// Underscore spellings count.
 pub fn is_client_forwarding(name: &str, peer_trusted: bool) -> bool {
-    let name = dashed(name);
+    if name.contains('_') {
+        return is_client_forwarding(&name.replace('_', "-"), peer_trusted);
+    }
     name == "x-original-url"
         || name == "x-rewrite-url"
         || (!peer_trusted && name.starts_with("x-forwarded-"))
