@@ -67,7 +67,8 @@ impl Upstreams {
         }
 
         // The gate has set `Host` to the routed authority (an HTTP/2 client sends only
-        // `:authority`; upstreams speak HTTP/1.1). Origin form on the wire, as a client talking to the backend directly sends.
+        // `:authority`; upstreams speak HTTP/1.1). Origin form on the wire, as a client
+        // talking to the backend directly sends.
         if req.uri().authority().is_some() {
             let path = req
                 .uri()
