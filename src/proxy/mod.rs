@@ -1,6 +1,7 @@
 //! Forwarding to upstreams: the pooled client, streaming bodies both ways, protocol
 //! upgrades (WebSocket), and the upstream timeouts that turn into 502/504.
 
+pub mod h1;
 pub mod headers;
 mod pool;
 

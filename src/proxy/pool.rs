@@ -1,10 +1,12 @@
 //! Kept-alive HTTP/1.1 connections to the upstreams.
 //!
-//! A thin pool of hyper's own `SendRequest` handles, one stack per upstream: a request
-//! takes the most recently used idle connection (its socket is warm), and the connection
-//! comes back when the response body has been read to its end. This replaces
-//! hyper-util's general-purpose client, whose checkout, connector and per-request
-//! futures were a third of the proxy's CPU time (BENCHMARKS.md).
+//! Two stacks of idle connections per upstream: those of [`super::h1`], the lean client
+//! that carries `GET` and `HEAD` without a body, and hyper's own `SendRequest` handles for
+//! everything else. A request takes the most recently used idle connection of its kind
+//! (its socket is warm), and the connection comes back when the response body has been
+//! read to its end. This replaces hyper-util's general-purpose client, whose checkout,
+//! connector and per-request futures were a third of the proxy's CPU time
+//! (BENCHMARKS.md).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +26,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::h1;
 use crate::web::host_map::HostMap;
 use crate::web::{Body, BoxError};
 
@@ -52,14 +55,21 @@ pub struct Pool {
 }
 
 struct Inner {
-    upstreams: HostMap<Arc<Idle>>,
+    upstreams: HostMap<Homes>,
     connect_timeout: Duration,
     response_timeout: Duration,
     idle_timeout: Duration,
     reaper_started: AtomicBool,
 }
 
-/// Idle connections to one upstream, the most recently used last.
+/// The idle connections of one upstream, of either kind.
+#[derive(Default)]
+struct Homes {
+    hyper: Arc<Idle>,
+    lean: Arc<h1::Idle>,
+}
+
+/// Idle hyper connections to one upstream, the most recently used last.
 #[derive(Default)]
 struct Idle(Mutex<Vec<IdleConnection>>);
 
@@ -115,7 +125,7 @@ impl Pool {
     ) -> Self {
         let upstreams = authorities
             .into_iter()
-            .map(|a| (a.to_string(), Arc::new(Idle::default())))
+            .map(|a| (a.to_string(), Homes::default()))
             .collect();
         Self {
             inner: Arc::new(Inner {
@@ -140,7 +150,15 @@ impl Pool {
     ) -> Result<Response<Body>, SendError> {
         self.start_reaper();
         let answer_by = Instant::now() + self.inner.response_timeout;
-        let home = self.inner.upstreams.get(authority);
+        let homes = self.inner.upstreams.get(authority);
+        if !upgrade && h1::takes(&req) {
+            let home = homes.map(|h| h1::Home {
+                idle: h.lean.clone(),
+                max_idle_count: MAX_IDLE_PER_UPSTREAM,
+            });
+            return self.send_lean(authority, &req, home, answer_by).await;
+        }
+        let home = homes.map(|h| &h.hyper);
         // An upgraded connection becomes a tunnel and never returns to the pool.
         let pooled = match home {
             Some(idle) if !upgrade => self.checkout(idle, answer_by).await,
@@ -167,11 +185,7 @@ impl Pool {
             sender,
             answer_by: timer,
         } = &mut conn;
-        if timer.deadline() < answer_by {
-            timer
-                .as_mut()
-                .reset(answer_by + self.inner.response_timeout / 8);
-        }
+        self.extend(timer.as_mut(), answer_by);
         let mut answer = std::pin::pin!(sender.try_send_request(*req));
         let first = std::future::poll_fn(|cx| match answer.as_mut().poll(cx) {
             Poll::Ready(answer) => Poll::Ready(Some(answer)),
@@ -197,6 +211,54 @@ impl Pool {
                     .unwrap_or(Err(SendError::Timeout))
             }
         }
+    }
+
+    /// A connection's response timer, moved to a little past `answer_by` when it would
+    /// fire before: by an eighth of the timeout, so that it is moved about once per
+    /// eighth of the timeout and not for every request (see `Conn`).
+    fn extend(&self, timer: Pin<&mut Sleep>, answer_by: Instant) {
+        if timer.deadline() < answer_by {
+            timer.reset(answer_by + self.inner.response_timeout / 8);
+        }
+    }
+
+    /// [`h1`]'s requests: on the most recently used idle connection, and once more on a
+    /// new one when that connection turns out to have been closed under the request
+    /// (GET and HEAD are idempotent and have no body to lose).
+    async fn send_lean(
+        &self,
+        authority: &str,
+        req: &Request<Body>,
+        home: Option<h1::Home>,
+        answer_by: Instant,
+    ) -> Result<Response<Body>, SendError> {
+        let pooled = home
+            .as_ref()
+            .and_then(|h| h.idle.take(self.inner.idle_timeout));
+        if let Some((mut conn, _)) = pooled {
+            self.extend(conn.deadline(), answer_by);
+            match h1::exchange(conn, req, home.clone()).await {
+                None => return Err(SendError::Timeout),
+                Some(Ok(res)) => return Ok(res),
+                Some(Err(h1::Failure::NothingReceived(e))) => {
+                    tracing::debug!(error = %e, upstream = %authority, "pooled connection broke; sending once more on a new one");
+                }
+                Some(Err(e)) => return Err(SendError::Unreachable(e.into_message())),
+            }
+        }
+        // Boxed: taken once per connection, not per request (as in `send`).
+        let fresh = Box::pin(async {
+            let stream = self.connect_tcp(authority).await?;
+            let conn = h1::Conn::new(stream, self.inner.response_timeout);
+            match h1::exchange(conn, req, home).await {
+                None => Err(SendError::Timeout),
+                Some(Ok(res)) => Ok(res),
+                Some(Err(e)) => Err(SendError::Unreachable(e.into_message())),
+            }
+        });
+        tokio::time::timeout_at(answer_by, fresh)
+            .await
+            .unwrap_or(Err(SendError::Timeout))
     }
 
     /// Sends `req` on a connection of its own, which joins the pool afterwards unless it
@@ -247,7 +309,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, authority: &str) -> Result<Conn, SendError> {
+    async fn connect_tcp(&self, authority: &str) -> Result<TcpStream, SendError> {
         let connect = async {
             let stream = match authority.parse::<std::net::SocketAddr>() {
                 Ok(addr) => TcpStream::connect(addr).await,
@@ -256,11 +318,15 @@ impl Pool {
             stream.set_nodelay(true)?;
             Ok::<_, std::io::Error>(stream)
         };
-        let stream = match tokio::time::timeout(self.inner.connect_timeout, connect).await {
-            Err(_) => return Err(SendError::ConnectTimeout),
-            Ok(Err(e)) => return Err(SendError::Unreachable(e.to_string())),
-            Ok(Ok(stream)) => stream,
-        };
+        match tokio::time::timeout(self.inner.connect_timeout, connect).await {
+            Err(_) => Err(SendError::ConnectTimeout),
+            Ok(Err(e)) => Err(SendError::Unreachable(e.to_string())),
+            Ok(Ok(stream)) => Ok(stream),
+        }
+    }
+
+    async fn connect(&self, authority: &str) -> Result<Conn, SendError> {
+        let stream = self.connect_tcp(authority).await?;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -292,10 +358,11 @@ impl Pool {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                for idle in inner.upstreams.values() {
-                    idle.lock().retain(|c| {
+                for homes in inner.upstreams.values() {
+                    homes.hyper.lock().retain(|c| {
                         c.since.elapsed() < inner.idle_timeout && !c.conn.sender.is_closed()
                     });
+                    homes.lean.prune(inner.idle_timeout);
                 }
             }
         });
@@ -303,7 +370,8 @@ impl Pool {
 
     #[cfg(test)]
     fn idle_count(&self, authority: &str) -> usize {
-        self.inner.upstreams[authority].lock().len()
+        let homes = &self.inner.upstreams[authority];
+        homes.hyper.lock().len() + homes.lean.count()
     }
 }
 
@@ -402,10 +470,18 @@ mod tests {
             .unwrap()
     }
 
+    /// A bodiless `GET` goes through [`h1`]; a bodiless `DELETE` through hyper's client,
+    /// which is how the tests reach either stack.
+    const HYPER_PATH: Method = Method::DELETE;
+
     async fn hello(pool: &Pool, authority: &str) -> String {
-        let res = pool
-            .send(authority, Box::new(get(authority, "/")), false)
-            .await;
+        hello_via(pool, authority, Method::GET).await
+    }
+
+    async fn hello_via(pool: &Pool, authority: &str, method: Method) -> String {
+        let mut req = get(authority, "/");
+        *req.method_mut() = method;
+        let res = pool.send(authority, Box::new(req), false).await;
         read_all(res.unwrap()).await
     }
 
@@ -499,6 +575,12 @@ mod tests {
         }
         assert_eq!(counts.connections.load(Ordering::SeqCst), 1);
         assert_eq!(pool.idle_count(&authority), 1);
+        for _ in 0..20 {
+            assert_eq!(hello_via(&pool, &authority, HYPER_PATH).await, "hello");
+        }
+        // One more: each stack keeps its own.
+        assert_eq!(counts.connections.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle_count(&authority), 2);
     }
 
     /// A request body that never ends.
@@ -540,9 +622,9 @@ mod tests {
         assert_eq!(pool.idle_count(&authority), 1);
 
         let started = Instant::now();
-        let sent = pool
-            .send(&authority, Box::new(get(&authority, "/")), false)
-            .await;
+        let mut delete = get(&authority, "/");
+        *delete.method_mut() = HYPER_PATH;
+        let sent = pool.send(&authority, Box::new(delete), false).await;
         let waited = started.elapsed();
         assert!(matches!(sent, Err(SendError::Timeout)), "{sent:?}");
         assert!(waited >= response_timeout, "{waited:?}");
@@ -595,6 +677,25 @@ mod tests {
         );
         for round in 0..3 {
             assert_eq!(hello(&pool, &authority).await, "hello", "round {round}");
+        }
+        assert_eq!(counts.connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_request_on_hypers_stack_is_sent_again_once() {
+        let (authority, counts) = upstream(Upstream::HangUpOnSecond).await;
+        let pool = Pool::new(
+            [authority.as_str()],
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            IDLE_TIMEOUT,
+        );
+        for round in 0..3 {
+            assert_eq!(
+                hello_via(&pool, &authority, HYPER_PATH).await,
+                "hello",
+                "round {round}"
+            );
             // Past the stale-risk age, so the request is kept for a second try.
             tokio::time::sleep(STALE_RISK_AFTER + Duration::from_millis(20)).await;
         }
@@ -610,7 +711,8 @@ mod tests {
             Duration::from_secs(5),
             IDLE_TIMEOUT,
         );
-        assert_eq!(hello(&pool, &authority).await, "hello");
+        // On hyper's stack, where the POST will look for an idle connection.
+        assert_eq!(hello_via(&pool, &authority, HYPER_PATH).await, "hello");
         tokio::time::sleep(STALE_RISK_AFTER + Duration::from_millis(20)).await;
         // Without a body, so only the method tells it apart from a GET.
         let mut post = get(&authority, "/");
