@@ -162,21 +162,22 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Malformed> {
             return Err(Malformed::HeadTooLarge);
         }
         let base = bytes.as_ptr() as usize;
-        // Offsets below MAX_HEAD, so they fit.
-        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
-            let name = at(h.name.as_bytes());
-            let value = at(h.value);
-            *span = (
-                name,
-                name + h.name.len() as u32,
-                value,
-                value + h.value.len() as u32,
-            );
+        // httparse hands back slices of `bytes`, except a static `""` for a reason phrase
+        // that is missing or not ASCII: an empty slice may lie anywhere, so it gets an
+        // empty span. Offsets are below MAX_HEAD, so they fit.
+        let span = |s: &[u8]| {
+            if s.is_empty() {
+                return (0, 0);
+            }
+            let start = (s.as_ptr() as usize - base) as u32;
+            (start, start + s.len() as u32)
+        };
+        for (slot, h) in spans.iter_mut().zip(res.headers.iter()) {
+            let (n0, n1) = span(h.name.as_bytes());
+            let (v0, v1) = span(h.value);
+            *slot = (n0, n1, v0, v1);
         }
-        let reason = res
-            .reason
-            .map(|r| (at(r.as_bytes()), at(r.as_bytes()) + r.len() as u32));
+        let reason = res.reason.map(|r| span(r.as_bytes()));
         (
             len,
             res.code.unwrap_or_default(),
@@ -192,9 +193,10 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Malformed> {
     } else {
         Version::HTTP_10
     };
+    // As hyper's client: an empty reason is no reason, and the usual one is sent anyway.
     let reason = reason
         .map(|(r0, r1)| &head[r0 as usize..r1 as usize])
-        .filter(|r| Some(*r) != status.canonical_reason().map(str::as_bytes))
+        .filter(|r| !r.is_empty() && Some(*r) != status.canonical_reason().map(str::as_bytes))
         .and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok());
 
     let mut headers = HeaderMap::with_capacity(count);
@@ -1162,6 +1164,26 @@ mod tests {
         let head = head_of("HTTP/1.1 599 Custom\r\n\r\n");
         assert_eq!(head.status.as_u16(), 599);
         assert_eq!(head.reason.unwrap().as_bytes(), b"Custom");
+    }
+
+    /// httparse gives a static `""` (not a slice of the buffer) for a missing reason or one
+    /// with bytes outside ASCII; found by the `h1` fuzz target, where working out its
+    /// offset in the buffer overflowed.
+    #[test]
+    fn a_missing_or_non_ascii_reason_phrase_leaves_the_usual_one() {
+        for raw in [
+            b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\n".as_slice(),
+            b"HTTP/1.1 200 \r\nContent-Length: 2\r\n\r\n",
+            b"HTTP/1.1 404 Nicht gefunden \xfc\r\nContent-Length: 2\r\n\r\n",
+            b"HTTP/1.1 100 \xff\xffkeep-alive\r\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(raw);
+            let head = parse_head(&mut buf).unwrap().expect("a complete head");
+            assert!(head.reason.is_none(), "{raw:?}");
+            assert!(buf.is_empty(), "{raw:?}");
+        }
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200\r\n\r\n"[..]);
+        assert_eq!(parse_head(&mut buf).unwrap().unwrap().status, 200);
     }
 
     // ---- Over a real socket: `exchange` and the body's return to the pool. ----
