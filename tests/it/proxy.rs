@@ -481,6 +481,46 @@ async fn dead_upstream_gets_502_while_other_apps_keep_working() {
     assert_eq!(page.json()["upstream"], "portal");
 }
 
+/// Status lines as some backends send them: no reason phrase, or one outside ASCII.
+#[tokio::test]
+async fn an_upstream_status_line_without_a_usual_reason_phrase_is_proxied() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let replies: [&[u8]; 3] = [
+        b"HTTP/1.1 200\r\nContent-Length: 3\r\n\r\none",
+        b"HTTP/1.1 404 Nicht gefunden \xfc\r\nContent-Length: 3\r\n\r\ntwo",
+        b"HTTP/1.1 200 \r\nContent-Length: 5\r\n\r\nthree",
+    ];
+    let answering = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        for reply in replies {
+            // One request head per reply; the proxy keeps the connection and sends the next.
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0; 1024];
+                let n = conn.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the proxy closed the upstream connection");
+                seen.extend_from_slice(&chunk[..n]);
+            }
+            let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            seen.drain(..end);
+            conn.write_all(reply).await.unwrap();
+        }
+    });
+    let other = spawn_upstream("analytics").await;
+    let server = start_server(|port| config_text(port, upstream, other.addr, "", "")).await;
+    let b = Browser::new(server.addr);
+    for (status, body) in [
+        (StatusCode::OK, "one"),
+        (StatusCode::NOT_FOUND, "two"),
+        (StatusCode::OK, "three"),
+    ] {
+        let page = b.get(&format!("{}/echo", server.url("portal"))).await;
+        assert_eq!((page.status, page.body.as_str()), (status, body));
+    }
+    answering.await.unwrap();
+}
+
 #[tokio::test]
 async fn slow_upstream_gets_504_after_the_configured_timeout() {
     let s = setup_with("upstream_timeout = \"300ms\"", "").await;
