@@ -247,12 +247,15 @@ pub enum Framing {
 /// RFC 9112 §6.3 for a response to a request without an upgrade. Removes the
 /// `Content-Length` that `Transfer-Encoding` overrides.
 pub fn framing(head: &mut Head, method: &Method) -> Result<Framing, Malformed> {
-    match head.status.as_u16() {
-        101 => return Err(Malformed::UnexpectedUpgrade),
-        204 | 304 => return Ok(Framing::Empty),
-        _ => {}
+    let status = head.status.as_u16();
+    if status == 101 {
+        return Err(Malformed::UnexpectedUpgrade);
     }
-    if method == Method::HEAD {
+    if status == 204 || status == 304 || method == Method::HEAD {
+        // No body follows, but the fields still describe one to whoever reads them next.
+        if head.headers.contains_key(header::TRANSFER_ENCODING) {
+            head.headers.remove(header::CONTENT_LENGTH);
+        }
         return Ok(Framing::Empty);
     }
     if let Some(last) = head
@@ -1017,6 +1020,27 @@ mod tests {
         );
         assert!(matches!(framing, Ok(Framing::Chunked(_))));
         assert!(!head.headers.contains_key(header::CONTENT_LENGTH));
+        // A bodiless answer too: what it says about the body must not contradict itself
+        // to whoever reads it after us (found by the h1 fuzz target).
+        for (raw, method) in [
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+                Method::HEAD,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+                Method::GET,
+            ),
+        ] {
+            let (head, framing) = framing_of(raw, &method);
+            assert!(matches!(framing, Ok(Framing::Empty)), "{raw:?}");
+            assert!(!head.headers.contains_key(header::CONTENT_LENGTH), "{raw:?}");
+        }
+        let (head, _) = framing_of(
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n",
+            &Method::HEAD,
+        );
+        assert!(head.headers.contains_key(header::CONTENT_LENGTH));
     }
 
     #[test]
