@@ -109,8 +109,13 @@ pub enum Malformed {
 pub fn encode_head(req: &Request<Body>, out: &mut Vec<u8>) {
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(target.as_bytes());
+    // The path the gate judged (`Uri::path` reads an empty one as `/`), then the query:
+    // an HTTP/2 `:path` such as `?x` is checked as `/` and must reach the upstream so.
+    out.extend_from_slice(req.uri().path().as_bytes());
+    if let Some(query) = req.uri().query() {
+        out.push(b'?');
+        out.extend_from_slice(query.as_bytes());
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers() {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
@@ -251,9 +256,18 @@ pub fn framing(head: &mut Head, method: &Method) -> Result<Framing, Malformed> {
     if status == 101 {
         return Err(Malformed::UnexpectedUpgrade);
     }
+    let transfer_encoded = head.headers.contains_key(header::TRANSFER_ENCODING);
+    if transfer_encoded
+        && (head.headers.contains_key(header::CONTENT_LENGTH) || head.version == Version::HTTP_10)
+    {
+        // The upstream framed this message two ways, or in a way its version does not
+        // have: where its next response starts is in doubt, so none is read here
+        // (RFC 9112 §6.1 and §6.3 ¶3: the connection MUST be closed after it).
+        head.keep_alive = false;
+    }
     if status == 204 || status == 304 || method == Method::HEAD {
         // No body follows, but the fields still describe one to whoever reads them next.
-        if head.headers.contains_key(header::TRANSFER_ENCODING) {
+        if transfer_encoded {
             head.headers.remove(header::CONTENT_LENGTH);
         }
         return Ok(Framing::Empty);
@@ -455,6 +469,10 @@ pub struct Conn {
     wire: Wire,
     /// Bounds the wait for each response head on this connection; see [`Conn::deadline`].
     answer_by: Pin<Box<Sleep>>,
+    /// The last response had no body to read though its fields may describe one (to
+    /// `HEAD`, or a `204` / `304`): a backend that writes a body all the same is a known
+    /// fault, so the socket itself is asked before the connection is used again.
+    after_bodiless: bool,
 }
 
 /// The socket and its buffers.
@@ -475,6 +493,7 @@ impl Conn {
                 out: Vec::new(),
             },
             answer_by: Box::pin(tokio::time::sleep(response_timeout)),
+            after_bodiless: false,
         }
     }
 
@@ -486,10 +505,17 @@ impl Conn {
     }
 
     /// Whether the upstream has neither closed the connection nor sent anything since the
-    /// last response, as far as the runtime has seen — without a system call, unless the
-    /// socket reported something.
+    /// last response. Mostly as far as the runtime has seen, without a system call unless
+    /// the socket reported something: the runtime learns of bytes that arrive after a
+    /// short read only at its next look at the sockets, which under load can come after
+    /// the connection was taken again. After a bodiless response, where a stray body is
+    /// a known backend fault, the kernel is asked instead. Bytes still on their way when
+    /// it is asked are missed either way, as they are by hyper's client and nginx.
     fn looks_open(&mut self) -> bool {
         let io = &self.wire.io;
+        if self.after_bodiless {
+            return nothing_waiting(io);
+        }
         let mut cx = Context::from_waker(Waker::noop());
         match io.poll_read_ready(&mut cx) {
             Poll::Pending => true,
@@ -503,7 +529,39 @@ impl Conn {
     }
 }
 
+/// Asks the kernel whether the upstream closed `io` or sent anything on it.
+fn nothing_waiting(io: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: one byte into a local, from a descriptor `io` keeps open; MSG_PEEK leaves
+    // it in the socket and MSG_DONTWAIT keeps the call from blocking.
+    let n = unsafe {
+        libc::recv(
+            io.as_raw_fd(),
+            std::ptr::addr_of_mut!(byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
+/// Buffers that grew past this for one unusually large head are let go when their
+/// connection goes idle, so that idle connections do not each keep that much.
+const KEPT_BUFFER: usize = 16 * 1024;
+
 impl Wire {
+    /// Lets go of buffers a large head made big. Called when the connection goes idle,
+    /// with nothing unread in `buf`.
+    fn trim(&mut self) {
+        if self.out.capacity() > KEPT_BUFFER {
+            self.out = Vec::new();
+        }
+        if self.buf.capacity() > KEPT_BUFFER {
+            self.buf = BytesMut::new();
+        }
+    }
+
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_BUF / 4 {
             self.buf.reserve(READ_BUF);
@@ -611,7 +669,9 @@ pub async fn exchange(
     home: Option<Home>,
 ) -> Option<Result<Response<Body>, Failure>> {
     let answered = {
-        let Conn { wire, answer_by } = &mut conn;
+        let Conn {
+            wire, answer_by, ..
+        } = &mut conn;
         let mut answer = std::pin::pin!(wire.send_and_read_head(req));
         std::future::poll_fn(|cx| match answer.as_mut().poll(cx) {
             Poll::Ready(answer) => Poll::Ready(Some(answer)),
@@ -657,8 +717,12 @@ impl ResponseBody {
     /// The body has been read to its end: the connection goes back to the pool if the
     /// upstream can take another request on it and nothing follows the response.
     fn end(&mut self) {
-        let Some(conn) = self.conn.take() else { return };
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
         if let (true, true, Some(home)) = (self.keep_alive, conn.wire.buf.is_empty(), &self.home) {
+            conn.wire.trim();
+            conn.after_bodiless = matches!(self.framing, Framing::Empty);
             home.idle.give_back(conn, home.max_idle_count);
         }
     }
@@ -1041,6 +1105,67 @@ mod tests {
             &Method::HEAD,
         );
         assert!(head.headers.contains_key(header::CONTENT_LENGTH));
+    }
+
+    #[test]
+    fn a_message_framed_two_ways_or_chunked_in_http_10_ends_its_connection() {
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 200\r\n\r\n",
+                Method::GET,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n",
+                Method::HEAD,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n",
+                Method::GET,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n",
+                Method::HEAD,
+            ),
+            (
+                "HTTP/1.0 204 No Content\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n",
+                Method::GET,
+            ),
+        ];
+        for (raw, method) in cases {
+            let (head, _) = framing_of(raw, &method);
+            assert!(!head.keep_alive, "{raw:?} to {method}");
+        }
+        // One framing, in a version that has it: the connection may carry the next one.
+        for raw in [
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\n",
+        ] {
+            let (head, framing) = framing_of(raw, &Method::GET);
+            assert!(framing.is_ok() && head.keep_alive, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn the_upstream_gets_the_path_the_gate_judged() {
+        // An HTTP/2 client may send `:path: ?x`; `Uri::path` (what the gate checks) reads
+        // it as `/`, and `/` is what the upstream must see.
+        let uri = http::Uri::from_parts({
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("?x=1"));
+            parts
+        })
+        .unwrap();
+        assert_eq!(uri.path(), "/");
+        let mut req = request(Method::GET, "/");
+        *req.uri_mut() = uri;
+        let mut out = Vec::new();
+        encode_head(&req, &mut out);
+        assert!(
+            out.starts_with(b"GET /?x=1 HTTP/1.1\r\n"),
+            "{:?}",
+            String::from_utf8_lossy(&out)
+        );
     }
 
     #[test]
@@ -1462,6 +1587,94 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(home.idle.take(Duration::from_secs(60)).is_none());
         assert_eq!(home.idle.count(), 0);
+    }
+
+    /// A backend that writes a body after its answer to `HEAD`, in a second write.
+    /// Between the two the runtime does not look at its sockets (the test blocks its
+    /// only thread), as under load it may not before the connection is wanted again:
+    /// the runtime then still believes the socket empty, and only the kernel knows.
+    #[tokio::test]
+    async fn a_body_written_after_a_bodiless_answer_keeps_its_connection_out_of_use() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut s, _) = listener.accept().unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+            s.write_all(b"hello").unwrap();
+            // Held open: the connection is refused for what was sent, not for a close.
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        let home = home();
+        let io = TcpStream::connect(addr).await.unwrap();
+        let res = exchange(
+            Conn::new(io, Duration::from_secs(5)),
+            &request(Method::HEAD, "/x"),
+            Some(home.clone()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.body().is_end_stream());
+        assert_eq!(home.idle.count(), 1, "a bodiless answer ends at once");
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(
+            home.idle.take(Duration::from_secs(60)).is_none(),
+            "the stray body would be read as the next request's answer"
+        );
+        upstream.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn buffers_grown_for_a_large_head_are_let_go_when_the_connection_idles() {
+        let big_answer: &'static [u8] = Vec::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 2\r\n\r\nok",
+                "a".repeat(3 * KEPT_BUFFER)
+            )
+            .into_bytes(),
+        );
+        // A second reply keeps the upstream waiting, so the connection stays open.
+        let (io, _heads) = scripted(vec![big_answer, b"HTTP/1.1 204 No Content\r\n\r\n"]).await;
+        let home = home();
+        let mut req = request(Method::GET, "/x");
+        req.headers_mut().insert(
+            "x-big",
+            HeaderValue::from_str(&"b".repeat(3 * KEPT_BUFFER)).unwrap(),
+        );
+        let res = exchange(
+            Conn::new(io, Duration::from_secs(5)),
+            &req,
+            Some(home.clone()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&body[..], b"ok");
+        let conn = second_conn(&home);
+        assert!(
+            conn.wire.out.capacity() <= KEPT_BUFFER,
+            "{}",
+            conn.wire.out.capacity()
+        );
+        assert!(
+            conn.wire.buf.capacity() <= KEPT_BUFFER,
+            "{}",
+            conn.wire.buf.capacity()
+        );
     }
 
     #[tokio::test(start_paused = true)]
