@@ -2,7 +2,8 @@
 //! head parser, the framing rules and the chunked decoder. Never a panic; the same
 //! outcome (head, body bytes, what follows the body, or the error) however the bytes are
 //! split as they arrive; a `Content-Length` body never longer than its length; no empty
-//! data frame; after `Transfer-Encoding`, no `Content-Length` left to pass on.
+//! data frame; after `Transfer-Encoding`, no `Content-Length` left to pass on; no
+//! hop-by-hop field and no `Set-Cookie` for Portcullis's own cookies among the fields.
 //!
 //! Input: 1 byte picks `GET` or `HEAD`, 1 byte the size of the pieces the rest is fed in
 //! (0: all at once), then the bytes the upstream sends.
@@ -47,9 +48,16 @@ fn read(wire: &[u8], method: &Method, piece: usize) -> Outcome {
         Ok(f) => f,
         Err(e) => return Outcome::Malformed(e.to_string()),
     };
-    if head.headers.contains_key(http::header::TRANSFER_ENCODING) {
+    if head.transfer_encoding.is_some() {
         assert!(!head.headers.contains_key(http::header::CONTENT_LENGTH));
     }
+    // Nothing hop-by-hop and no cookie of ours is passed on.
+    assert!(!head.headers.keys().any(portcullis::proxy::headers::is_hop_by_hop));
+    assert!(!head
+        .headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .any(portcullis::web::cookies::is_own_set_cookie));
     let headers = format!("{:?}", head.headers);
     let mut body = Vec::new();
     match framing {

@@ -137,7 +137,16 @@ pub struct Head {
     /// The reason phrase when it is not the status code's usual one (hyper's client keeps
     /// it the same way, and hyper's server sends it on).
     pub reason: Option<hyper::ext::ReasonPhrase>,
+    /// The fields to pass on: hop-by-hop fields (RFC 9110 §7.6.1) and `Set-Cookie`s for
+    /// Portcullis's own cookies are left out as the head is read, which is cheaper than
+    /// adding them and taking them out again. Fields that `Connection` names are still
+    /// here: [`framing`] reads the head as it came, and [`exchange`] removes them after.
     pub headers: HeaderMap,
+    /// The last `Transfer-Encoding` line, which decides the framing; hop-by-hop, so not
+    /// among `headers`.
+    pub transfer_encoding: Option<HeaderValue>,
+    /// Fields `Connection` names beyond the standard hop-by-hop ones.
+    pub named_in_connection: Vec<HeaderName>,
     /// The upstream is willing to take another request on this connection.
     pub keep_alive: bool,
 }
@@ -205,6 +214,8 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Malformed> {
         .and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok());
 
     let mut headers = HeaderMap::with_capacity(count);
+    let mut transfer_encoding = None;
+    let mut named_in_connection = Vec::new();
     let mut keep_alive = version == Version::HTTP_11;
     let mut asked_to_close = false;
     for &(n0, n1, v0, v1) in &spans[..count] {
@@ -226,14 +237,24 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Malformed> {
                 // HTTP/1.0, which closes unless asked not to.
                 keep_alive = has_token(&value, "keep-alive");
             }
+            super::headers::named_in_connection(&value, &mut named_in_connection);
+        } else if name == header::TRANSFER_ENCODING {
+            transfer_encoding = Some(value);
+        } else if super::headers::is_hop_by_hop(&name)
+            || (name == header::SET_COOKIE && crate::web::cookies::is_own_set_cookie(&value))
+        {
+            // Not passed on (see `Head::headers`).
+        } else {
+            headers.append(name, value);
         }
-        headers.append(name, value);
     }
     Ok(Some(Head {
         status,
         version,
         reason,
         headers,
+        transfer_encoding,
+        named_in_connection,
         keep_alive,
     }))
 }
@@ -261,7 +282,7 @@ pub fn framing(head: &mut Head, method: &Method) -> Result<Framing, Malformed> {
     if status == 101 {
         return Err(Malformed::UnexpectedUpgrade);
     }
-    let transfer_encoded = head.headers.contains_key(header::TRANSFER_ENCODING);
+    let transfer_encoded = head.transfer_encoding.is_some();
     if transfer_encoded
         && (head.headers.contains_key(header::CONTENT_LENGTH) || head.version == Version::HTTP_10)
     {
@@ -277,12 +298,7 @@ pub fn framing(head: &mut Head, method: &Method) -> Result<Framing, Malformed> {
         }
         return Ok(Framing::Empty);
     }
-    if let Some(last) = head
-        .headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
+    if let Some(last) = &head.transfer_encoding {
         if head.version == Version::HTTP_10 {
             return Err(Malformed::TransferEncodingInHttp10);
         }
@@ -667,7 +683,8 @@ pub struct Home {
 
 /// Sends `req` (one [`takes`]) on `conn` and returns the response, whose body reads on
 /// from the connection and hands it to `home` at its end. `None`: no response head by the
-/// connection's deadline ([`Conn::deadline`], which the caller sets).
+/// connection's deadline ([`Conn::deadline`], which the caller sets). The response has
+/// neither hop-by-hop fields nor `Set-Cookie`s for Portcullis's own cookies.
 pub async fn exchange(
     mut conn: Conn,
     req: &Request<Body>,
@@ -684,10 +701,14 @@ pub async fn exchange(
         })
         .await
     };
-    let (head, framing) = match answered? {
+    let (mut head, framing) = match answered? {
         Ok(answer) => answer,
         Err(e) => return Some(Err(e)),
     };
+    // Framed by the head as it came; what goes on has no field `Connection` named either.
+    for name in &head.named_in_connection {
+        head.headers.remove(name);
+    }
     let mut res = Response::new(crate::web::empty());
     *res.status_mut() = head.status;
     *res.version_mut() = head.version;
@@ -1283,6 +1304,56 @@ mod tests {
             let mut buf = BytesMut::from(bad);
             assert!(parse_head(&mut buf).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_our_cookies_are_left_out_as_the_head_is_read() {
+        let head = head_of(
+            "HTTP/1.1 200 OK\r\n\
+             connection: keep-alive, X-Secret\r\n\
+             keep-alive: timeout=5\r\n\
+             proxy-connection: keep-alive\r\n\
+             te: trailers\r\n\
+             trailer: x-sum\r\n\
+             upgrade: h2c\r\n\
+             proxy-authenticate: Basic\r\n\
+             proxy-authorization: Basic eDp5\r\n\
+             transfer-encoding: gzip\r\n\
+             transfer-encoding: chunked\r\n\
+             set-cookie: theme=dark\r\n\
+             set-cookie: portcullis-app=planted; Path=/\r\n\
+             set-cookie: __Host-Portcullis-Session=x\r\n\
+             set-cookie: =portcullis-app=planted\r\n\
+             set-cookie: lang=en\r\n\
+             x-secret: 1\r\n\
+             x-kept: 2\r\n\r\n",
+        );
+        let names: Vec<&str> = head.headers.keys().map(|n| n.as_str()).collect();
+        // Named in `Connection`: still here for the framing, removed by `exchange`.
+        assert_eq!(names, ["set-cookie", "x-secret", "x-kept"]);
+        let cookies: Vec<_> = head.headers.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(cookies, ["theme=dark", "lang=en"]);
+        assert_eq!(head.named_in_connection, ["x-secret"]);
+        assert_eq!(head.transfer_encoding.unwrap(), "chunked", "the last line");
+        assert!(head.keep_alive);
+    }
+
+    #[tokio::test]
+    async fn a_field_named_in_connection_is_not_passed_on() {
+        let (io, _heads) = scripted(vec![
+            b"HTTP/1.1 200 OK\r\nx-hop: 1\r\nconnection: X-Hop, content-length\r\ncontent-length: 2\r\nx-kept: 2\r\n\r\nok",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        ])
+        .await;
+        let home = home();
+        let (res, body) = ask(Conn::new(io, Duration::from_secs(5)), &home)
+            .await
+            .unwrap();
+        // Framed by the length it was given all the same, and kept alive.
+        assert_eq!(body.unwrap(), b"ok");
+        assert_eq!(home.idle.count(), 1);
+        let names: Vec<&str> = res.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
     }
 
     #[test]

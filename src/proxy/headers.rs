@@ -40,23 +40,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
         let mut named: Vec<HeaderName> = Vec::new();
         let mut wants_upgrade = false;
         for v in headers.get_all(header::CONNECTION) {
-            let Ok(v) = v.to_str() else { continue };
-            for token in v.split(',') {
-                let token = token.trim();
-                if token.eq_ignore_ascii_case("upgrade") {
-                    wants_upgrade = true;
-                }
-                // `close`, `keep-alive` and the like (almost every response names one)
-                // go anyway: parsing them into a name would allocate on every request.
-                let goes_anyway = token.eq_ignore_ascii_case("close")
-                    || HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h));
-                if goes_anyway {
-                    continue;
-                }
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                    named.push(name);
-                }
-            }
+            wants_upgrade |= named_in_connection(v, &mut named);
         }
         if wants_upgrade {
             upgrade = headers.get(header::UPGRADE).cloned();
@@ -65,8 +49,40 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
             headers.remove(name);
         }
     }
-    remove_where(headers, |name| HOP_BY_HOP.contains(&name.as_str()));
+    remove_where(headers, is_hop_by_hop);
     upgrade
+}
+
+/// Whether a field is hop-by-hop by its name alone (RFC 9110 §7.6.1, and the legacy
+/// ones): it goes whatever `Connection` says.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+}
+
+/// Adds to `named` the fields one `Connection` value names that [`is_hop_by_hop`] does
+/// not take anyway, and says whether it asks for an upgrade.
+pub fn named_in_connection(value: &HeaderValue, named: &mut Vec<HeaderName>) -> bool {
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let mut wants_upgrade = false;
+    for token in value.split(',') {
+        let token = token.trim();
+        if token.eq_ignore_ascii_case("upgrade") {
+            wants_upgrade = true;
+        }
+        // `close`, `keep-alive` and the like (almost every response names one) go
+        // anyway: parsing them into a name would allocate on every request.
+        let goes_anyway = token.eq_ignore_ascii_case("close")
+            || HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h));
+        if goes_anyway {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            named.push(name);
+        }
+    }
+    wants_upgrade
 }
 
 /// Removes every field whose name `doomed` picks, looking at each name once. Nothing is

@@ -80,6 +80,7 @@ impl Upstreams {
         }
         *req.version_mut() = Version::HTTP_11;
 
+        let cleaned_on_arrival = pool::carries_lean(&req, upgrade.is_some());
         let sent = self.pool.send(&upstream.authority, req, upgrade.is_some());
         let mut res = match sent.await {
             Err(SendError::Timeout) => return Err(ProxyError::Timeout),
@@ -120,8 +121,10 @@ impl Upstreams {
             return Err(ProxyError::Unreachable);
         }
 
-        headers::strip_hop_by_hop(res.headers_mut());
-        crate::web::cookies::strip_own_set_cookies(res.headers_mut());
+        if !cleaned_on_arrival {
+            headers::strip_hop_by_hop(res.headers_mut());
+            crate::web::cookies::strip_own_set_cookies(res.headers_mut());
+        }
         Ok(res)
     }
 }

@@ -138,7 +138,9 @@ impl Pool {
         }
     }
 
-    /// Sends `req` to `authority`, on a pooled connection when one is idle. A request
+    /// Sends `req` to `authority`, on a pooled connection when one is idle. Responses to
+    /// the requests [`carries_lean`] picks come without hop-by-hop fields and without
+    /// `Set-Cookie`s for Portcullis's own cookies ([`h1::exchange`]); others as they came. A request
     /// that never left (the pooled connection had closed) is sent again on a new
     /// connection, and so is an idempotent request without a body when a connection that
     /// sat idle breaks before answering — the stale keep-alive race.
@@ -151,7 +153,7 @@ impl Pool {
         self.start_reaper();
         let answer_by = Instant::now() + self.inner.response_timeout;
         let homes = self.inner.upstreams.get(authority);
-        if !upgrade && h1::takes(&req) {
+        if carries_lean(&req, upgrade) {
             let home = homes.map(|h| h1::Home {
                 idle: h.lean.clone(),
                 max_idle_count: MAX_IDLE_PER_UPSTREAM,
@@ -373,6 +375,11 @@ impl Pool {
         let homes = &self.inner.upstreams[authority];
         homes.hyper.lock().len() + homes.lean.count()
     }
+}
+
+/// The requests [`h1`]'s lean client carries: bodiless `GET` and `HEAD`, not upgrades.
+pub fn carries_lean(req: &Request<Body>, upgrade: bool) -> bool {
+    !upgrade && h1::takes(req)
 }
 
 fn is_idempotent(method: &Method) -> bool {

@@ -74,35 +74,41 @@ pub fn is_portcullis_cookie(name: &[u8]) -> bool {
     starts_with(b"portcullis") || starts_with(b"__host-portcullis")
 }
 
+/// Whether one `Set-Cookie` value would set or clear one of Portcullis's own cookies.
+pub fn is_own_set_cookie(v: &HeaderValue) -> bool {
+    let pair = v
+        .as_bytes()
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default();
+    let mut parts = pair.splitn(2, |b| *b == b'=');
+    let name = parts.next().unwrap_or_default().trim_ascii();
+    // A cookie with no name (`=portcullis-app=x`) comes back from browsers as its value
+    // alone (`portcullis-app=x`): judge it by what it will look like then.
+    let name = if name.is_empty() {
+        let value = parts.next().unwrap_or_default().trim_ascii();
+        value.split(|b| *b == b'=').next().unwrap_or_default()
+    } else {
+        name
+    };
+    is_portcullis_cookie(name)
+}
+
 /// Removes every `Set-Cookie` of an upstream response that would set or clear one of
 /// Portcullis's own cookies: an app must not plant a session on its origin (fixation) or
 /// end one. Other cookies pass untouched, in order.
 pub fn strip_own_set_cookies(headers: &mut HeaderMap) {
-    let ours = |v: &HeaderValue| {
-        let pair = v
-            .as_bytes()
-            .split(|b| *b == b';')
-            .next()
-            .unwrap_or_default();
-        let mut parts = pair.splitn(2, |b| *b == b'=');
-        let name = parts.next().unwrap_or_default().trim_ascii();
-        // A cookie with no name (`=portcullis-app=x`) comes back from browsers as its
-        // value alone (`portcullis-app=x`): judge it by what it will look like then.
-        let name = if name.is_empty() {
-            let value = parts.next().unwrap_or_default().trim_ascii();
-            value.split(|b| *b == b'=').next().unwrap_or_default()
-        } else {
-            name
-        };
-        is_portcullis_cookie(name)
-    };
-    if !headers.get_all(header::SET_COOKIE).iter().any(ours) {
+    if !headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .any(is_own_set_cookie)
+    {
         return;
     }
     let kept: Vec<HeaderValue> = headers
         .get_all(header::SET_COOKIE)
         .iter()
-        .filter(|v| !ours(v))
+        .filter(|v| !is_own_set_cookie(v))
         .cloned()
         .collect();
     headers.remove(header::SET_COOKIE);

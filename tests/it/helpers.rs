@@ -194,6 +194,9 @@ async fn upstream_handler(
         }
         res.headers_mut()
             .insert("x-upstream-hop", HeaderValue::from_static("secret"));
+        // Hop-by-hop by its name alone: never relayed either.
+        res.headers_mut()
+            .insert("proxy-authenticate", HeaderValue::from_static("Basic"));
         res.headers_mut().insert(
             header::CONNECTION,
             HeaderValue::from_static("x-upstream-hop"),
