@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::config::Upstream;
 use crate::web::Body;
-use pool::{Pool, SendError};
+use pool::{Answer, Pool, SendError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -80,9 +80,8 @@ impl Upstreams {
         }
         *req.version_mut() = Version::HTTP_11;
 
-        let cleaned_on_arrival = pool::carries_lean(&req, upgrade.is_some());
         let sent = self.pool.send(&upstream.authority, req, upgrade.is_some());
-        let mut res = match sent.await {
+        let answer: Answer = match sent.await {
             Err(SendError::Timeout) => return Err(ProxyError::Timeout),
             Err(SendError::Unreachable(why)) => {
                 tracing::debug!(error = %why, upstream = %upstream.authority, "upstream request failed");
@@ -92,8 +91,9 @@ impl Upstreams {
                 tracing::debug!(upstream = %upstream.authority, "connecting to the upstream timed out");
                 return Err(ProxyError::Unreachable);
             }
-            Ok(res) => res,
+            Ok(answer) => answer,
         };
+        let mut res = answer.response;
 
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
@@ -121,7 +121,7 @@ impl Upstreams {
             return Err(ProxyError::Unreachable);
         }
 
-        if !cleaned_on_arrival {
+        if !answer.cleaned {
             headers::strip_hop_by_hop(res.headers_mut());
             crate::web::cookies::strip_own_set_cookies(res.headers_mut());
         }

@@ -113,6 +113,16 @@ impl Idle {
     }
 }
 
+/// An upstream's response, as [`Pool::send`] got it.
+#[derive(Debug)]
+pub struct Answer {
+    pub response: Response<Body>,
+    /// The response has neither hop-by-hop fields nor `Set-Cookie`s for Portcullis's own
+    /// cookies: [`h1`] leaves them out as it reads the head. hyper's client passes on
+    /// what came.
+    pub cleaned: bool,
+}
+
 impl Pool {
     /// `authorities` are the `host:port` of every configured upstream.
     /// `response_timeout` bounds each request from its start to the response head,
@@ -138,9 +148,7 @@ impl Pool {
         }
     }
 
-    /// Sends `req` to `authority`, on a pooled connection when one is idle. Responses to
-    /// the requests [`carries_lean`] picks come without hop-by-hop fields and without
-    /// `Set-Cookie`s for Portcullis's own cookies ([`h1::exchange`]); others as they came. A request
+    /// Sends `req` to `authority`, on a pooled connection when one is idle. A request
     /// that never left (the pooled connection had closed) is sent again on a new
     /// connection, and so is an idempotent request without a body when a connection that
     /// sat idle breaks before answering — the stale keep-alive race.
@@ -149,18 +157,39 @@ impl Pool {
         authority: &str,
         req: Box<Request<Body>>,
         upgrade: bool,
-    ) -> Result<Response<Body>, SendError> {
+    ) -> Result<Answer, SendError> {
         self.start_reaper();
         let answer_by = Instant::now() + self.inner.response_timeout;
         let homes = self.inner.upstreams.get(authority);
-        if carries_lean(&req, upgrade) {
+        if !upgrade && h1::takes(&req) {
             let home = homes.map(|h| h1::Home {
                 idle: h.lean.clone(),
                 max_idle_count: MAX_IDLE_PER_UPSTREAM,
             });
-            return self.send_lean(authority, &req, home, answer_by).await;
+            let response = self.send_lean(authority, &req, home, answer_by).await?;
+            return Ok(Answer {
+                response,
+                cleaned: true,
+            });
         }
-        let home = homes.map(|h| &h.hyper);
+        let response = self
+            .send_hyper(authority, req, upgrade, homes.map(|h| &h.hyper), answer_by)
+            .await?;
+        Ok(Answer {
+            response,
+            cleaned: false,
+        })
+    }
+
+    /// The requests [`h1`] does not take, on hyper's client.
+    async fn send_hyper(
+        &self,
+        authority: &str,
+        req: Box<Request<Body>>,
+        upgrade: bool,
+        home: Option<&Arc<Idle>>,
+        answer_by: Instant,
+    ) -> Result<Response<Body>, SendError> {
         // An upgraded connection becomes a tunnel and never returns to the pool.
         let pooled = match home {
             Some(idle) if !upgrade => self.checkout(idle, answer_by).await,
@@ -377,11 +406,6 @@ impl Pool {
     }
 }
 
-/// The requests [`h1`]'s lean client carries: bodiless `GET` and `HEAD`, not upgrades.
-pub fn carries_lean(req: &Request<Body>, upgrade: bool) -> bool {
-    !upgrade && h1::takes(req)
-}
-
 fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -487,13 +511,16 @@ mod tests {
 
     async fn hello_via(pool: &Pool, authority: &str, method: Method) -> String {
         let mut req = get(authority, "/");
+        let lean = method == Method::GET || method == Method::HEAD;
         *req.method_mut() = method;
-        let res = pool.send(authority, Box::new(req), false).await;
-        read_all(res.unwrap()).await
+        let answer = pool.send(authority, Box::new(req), false).await.unwrap();
+        // Only the lean client's answers arrive cleaned of hop-by-hop fields.
+        assert_eq!(answer.cleaned, lean);
+        read_all(answer).await
     }
 
-    async fn read_all(res: Response<Body>) -> String {
-        let bytes = http_body_util::BodyExt::collect(res.into_body())
+    async fn read_all(answer: Answer) -> String {
+        let bytes = http_body_util::BodyExt::collect(answer.response.into_body())
             .await
             .unwrap()
             .to_bytes();
