@@ -274,7 +274,7 @@ other_cpu() {
         other=(busy-(o1-o0)-w)/wall; if (other<0) other=0
         printf "%.2f %.1f", other, 100*steal/all }'
 }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2 }'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else printf "%.6f\n", (a[NR/2]+a[NR/2+1])/2 }'; }
 
 declare -A RPS P50 P99 CPU BACKEND_CPU
 # Each round's figures by front, so that the two fronts can be compared round by round:
@@ -345,6 +345,7 @@ fi
 
 # ---------------------------------------------------------------- report
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ printf "%.2f", a/b }'; }
+exact_ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ printf "%.6f", a/b }'; }
 RESULT="$WORK/results.md"
 {
     echo "# Portcullis vs nginx — results of \`bash bench/run.sh\`"
@@ -409,19 +410,20 @@ RESULT="$WORK/results.md"
         for r in $(seq 1 "$local_rounds"); do
             n_rps=${ROUND_RPS[$set,nginx,$r]}; p_rps=${ROUND_RPS[$set,portcullis,$r]}
             n_p99=${ROUND_P99[$set,nginx,$r]}; p_p99=${ROUND_P99[$set,portcullis,$r]}
-            tp_ratios+=("$(ratio "$p_rps" "$n_rps")"); p99_ratios+=("$(ratio "$p_p99" "$n_p99")")
-            echo "| $set | $r | $(printf '%.0f' "$n_rps") | $(printf '%.0f' "$p_rps") | ${tp_ratios[-1]}× | $n_p99 | $p_p99 | ${p99_ratios[-1]}× |"
+            # Unrounded for the medians and the verdict; rounded only where shown.
+            tp_ratios+=("$(exact_ratio "$p_rps" "$n_rps")"); p99_ratios+=("$(exact_ratio "$p_p99" "$n_p99")")
+            echo "| $set | $r | $(printf '%.0f' "$n_rps") | $(printf '%.0f' "$p_rps") | $(ratio "$p_rps" "$n_rps")× | $n_p99 | $p_p99 | $(ratio "$p_p99" "$n_p99")× |"
         done
-        tp_sorted=$(printf '%s\n' "${tp_ratios[@]}" | sort -g | paste -sd' ')
-        p99_sorted=$(printf '%s\n' "${p99_ratios[@]}" | sort -g | paste -sd' ')
+        tp_sorted=$(printf '%.2f\n' "${tp_ratios[@]}" | sort -g | paste -sd' ')
         echo "| $set | **median** | | | **$(printf '%.2f' "$(median "${tp_ratios[@]}")")×** (of $tp_sorted) | | | **$(printf '%.2f' "$(median "${p99_ratios[@]}")")×** |"
         if [[ $set == small ]]; then
-            PAIRED_TP=$(printf '%.2f' "$(median "${tp_ratios[@]}")"); PAIRED_P99=$(printf '%.2f' "$(median "${p99_ratios[@]}")")
+            PAIRED_TP_EXACT=$(median "${tp_ratios[@]}"); PAIRED_P99_EXACT=$(median "${p99_ratios[@]}")
+            PAIRED_TP=$(printf '%.2f' "$PAIRED_TP_EXACT"); PAIRED_P99=$(printf '%.2f' "$PAIRED_P99_EXACT")
         fi
     done
     echo
     verdict="MET"
-    awk -v t="$PAIRED_TP" -v p="$PAIRED_P99" 'BEGIN{exit !(t>=0.9 && p<=1.5)}' || verdict="NOT MET"
+    awk -v t="$PAIRED_TP_EXACT" -v p="$PAIRED_P99_EXACT" 'BEGIN{exit !(t>=0.9 && p<=1.5)}' || verdict="NOT MET"
     echo "Target for this stage (small file): throughput ≥ 0.90× nginx and p99 ≤ 1.5× nginx, judged round by round"
     echo "(the medians of the rounds' ratios) — **$verdict** ($PAIRED_TP×, $PAIRED_P99×). The ratios of the two fronts'"
     echo "median rounds are $SMALL_TP× and $SMALL_P99×."
