@@ -312,12 +312,121 @@ async fn show_reports_enrolment_failures_and_lock() {
     ));
 }
 
-/// Guesses in flight together are each judged against the lock as it stands once their
-/// hash is done: a burst of wrong passwords with the right one behind them must not get
-/// the right one through after the account has locked (all of them arrive, and would
-/// read the lock, before the first hash is done).
-#[tokio::test]
+/// Guesses for one account in flight together are judged one at a time: a burst of
+/// wrong passwords with the right one among them must not get the right one through
+/// after five wrong ones, however their hashes finish. The hasher here runs the whole
+/// burst at once, so the hashes finish in any order; without the one-at-a-time rule the
+/// right one finished before the fifth failure was counted in about half the bursts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_guesses_cannot_outrun_the_lockout() {
+    let mut f = fixture();
+    f.accounts.hasher =
+        crate::auth::PasswordHasher::with_max_concurrent(f.accounts.hasher.params(), 16).unwrap();
+    let accounts = Arc::new(f.accounts);
+    for burst in 0..12 {
+        let name = format!("nina{burst}");
+        add(&accounts, &name, Some(GOOD)).await;
+        let right_at = burst % 11;
+        let guesses: Vec<_> = (0..11)
+            .map(|i| {
+                let accounts = accounts.clone();
+                let name = name.clone();
+                let guess = if i == right_at {
+                    GOOD.to_string()
+                } else {
+                    format!("wrong guess number {i}")
+                };
+                tokio::spawn(
+                    async move { accounts.sign_in_password(&name, pw(&guess), None).await },
+                )
+            })
+            .collect();
+        let results: Vec<_> = futures_util::future::join_all(guesses)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        // One at a time: four wrong ones are told so, the fifth locks the account, and
+        // the right one passes only if it came before the fifth; so at most five
+        // guesses are judged. Any later guess gets the lock's answer.
+        let told_wrong = results
+            .iter()
+            .filter(|r| matches!(r, Err(crate::accounts::signin::SignInError::BadCredentials)))
+            .count();
+        let passed = results.iter().filter(|r| r.is_ok()).count();
+        assert!(
+            told_wrong <= 4 && told_wrong + passed <= 5,
+            "burst {burst}: {told_wrong} told wrong and {passed} passed: {results:?}"
+        );
+    }
+}
+
+/// The code step keeps the same count: a burst of codes for one pending sign-in, the
+/// right one among wrong ones, has at most five judged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_codes_cannot_outrun_the_lockout() {
+    let f = fixture();
+    add(&f.accounts, "omar", Some(GOOD)).await;
+    let first = pending_sign_in(&f.accounts, "omar").await;
+    let secret = f
+        .accounts
+        .enrolment_secret(&pending(&f.accounts, &first))
+        .unwrap();
+    let now = || crate::clock::Clock::now(&f.clock);
+    let code = crate::auth::code_at(&secret, now());
+    f.accounts
+        .finish_enrolment(&pending(&f.accounts, &first), &code, None)
+        .await
+        .unwrap();
+    f.clock.advance(30);
+    let token = pending_sign_in(&f.accounts, "omar").await;
+    let right = crate::auth::code_at(&secret, now());
+    // Wrong codes: none of the steps the check accepts.
+    let near: Vec<String> = [-30, 0, 30]
+        .iter()
+        .map(|d| crate::auth::code_at(&secret, now() + d))
+        .collect();
+    let mut codes: Vec<String> = (0..40)
+        .map(|i| format!("{:06}", 100_000 + i * 7_919))
+        .filter(|c| !near.contains(c))
+        .take(10)
+        .collect();
+    codes.insert(5, right);
+    let accounts = Arc::new(f.accounts);
+    let guesses: Vec<_> = codes
+        .into_iter()
+        .map(|code| {
+            let accounts = accounts.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                // Gone once the right code has ended the pending sign-in.
+                let Some(pending) = accounts.pending(&token).unwrap() else {
+                    return Err(crate::accounts::signin::SignInError::Expired);
+                };
+                accounts.verify_second_factor(&pending, &code, None).await
+            })
+        })
+        .collect();
+    let results: Vec<_> = futures_util::future::join_all(guesses)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let told_wrong = results
+        .iter()
+        .filter(|r| matches!(r, Err(crate::accounts::signin::SignInError::Code(_))))
+        .count();
+    let passed = results.iter().filter(|r| r.is_ok()).count();
+    assert!(
+        told_wrong <= 4 && told_wrong + passed <= 5,
+        "{told_wrong} told wrong and {passed} passed: {results:?}"
+    );
+}
+
+/// Arrival order counts: the right password sent after ten wrong ones, all in flight
+/// together, finds the account locked.
+#[tokio::test]
+async fn the_right_password_sent_after_a_burst_of_wrong_ones_finds_the_account_locked() {
     let f = fixture();
     add(&f.accounts, "nina", Some(GOOD)).await;
     let wrong: Vec<String> = (0..10).map(|i| format!("wrong guess number {i}")).collect();

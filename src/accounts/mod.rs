@@ -87,6 +87,8 @@ pub struct Accounts {
     /// Failed sign-ins for names with no active account, counted like an account's
     /// (`signin::UnknownNames`).
     pub(crate) unknown_names: signin::UnknownNames,
+    /// One password, enrolment or code attempt per account at a time (`AttemptGates`).
+    pub(crate) attempt_gates: signin::AttemptGates,
 }
 
 use crate::store::META_SECRET_KEY_CANARY as CANARY_KEY;
@@ -131,6 +133,7 @@ impl Accounts {
         Ok(Self {
             sessions: SessionCache::default(),
             unknown_names: signin::UnknownNames::default(),
+            attempt_gates: signin::AttemptGates::default(),
             metrics: Arc::new(Metrics::new(
                 config.apps.iter().map(|a| a.id.clone()).collect(),
             )),

@@ -12,7 +12,9 @@ use crate::accounts::{Accounts, Actor};
 use crate::auth::{self, CodeError, LockState, Password, PolicyError, SecretToken, TotpSecret};
 use crate::clock::UnixSeconds;
 use crate::metrics::SignInOutcome;
-use crate::store::{Failures, HandOff, Session, SessionState, StoreError, User, UserStatus};
+use crate::store::{
+    Failures, HandOff, Session, SessionState, StoreError, User, UserId, UserStatus,
+};
 
 /// A pending sign-in (password checked, second factor not yet) lives this long.
 pub const PENDING_TTL: i64 = 5 * 60;
@@ -123,6 +125,33 @@ pub fn session_alive(s: &Session, user: &User, now: UnixSeconds, idle_timeout: i
         && s.created_at >= user.sessions_valid_after
         && user.status != UserStatus::Disabled
         && s.user_id == user.id
+}
+
+/// Guesses for one account, judged one at a time. Between reading an account's lock and
+/// counting a failure there is a hash of ~50 ms and a store write; guesses in flight
+/// together each read "not locked" before any had counted, so a burst had more than
+/// `max_failures` of them judged and a right one among them could pass after the fifth
+/// wrong one (SPEC §5). Each password, enrolment or code attempt holds its account's gate
+/// from before the lock is read until its outcome is counted; the gate is fair, so
+/// guesses are judged in the order they came. Accounts share 256 gates by the first byte
+/// of their id: bounded memory, and a rare wait behind another account's attempt.
+pub struct AttemptGates(Box<[tokio::sync::Mutex<()>; 256]>);
+
+impl Default for AttemptGates {
+    fn default() -> Self {
+        Self(Box::new(std::array::from_fn(|_| {
+            tokio::sync::Mutex::new(())
+        })))
+    }
+}
+
+impl AttemptGates {
+    /// Waits for `user`'s turn; the turn lasts as long as the guard.
+    pub async fn turn(&self, user: &UserId) -> tokio::sync::MutexGuard<'_, ()> {
+        // Ids are random, so their first byte spreads them as well as any hash would.
+        let [first, ..] = *user.as_bytes();
+        self.0[usize::from(first)].lock().await
+    }
 }
 
 /// Failed sign-ins for names with no active account (unknown, disabled, not yet
@@ -263,6 +292,10 @@ impl Accounts {
             .as_ref()
             .filter(|u| u.status != UserStatus::Disabled)
             .and_then(|u| u.password_hash.clone());
+        let _turn = match &user {
+            Some(u) => Some(self.attempt_gates.turn(&u.id).await),
+            None => None,
+        };
         let verification = self
             .hasher
             .verify(password.clone(), stored_hash.as_deref())
@@ -285,9 +318,8 @@ impl Accounts {
                 None => Err(SignInError::BadCredentials),
             };
         };
-        // Read once the hash is done, not when the request arrived: of a burst of guesses
-        // in flight together, every one that read the lock before any was counted would be
-        // judged, and a right one let through, after the account had locked.
+        // Read once the hash is done, in the account's turn (`AttemptGates`): the answer
+        // to a locked account takes as long as any other.
         if let Some(until) = self.locked_until(&user)? {
             self.metrics.signin(SignInOutcome::Locked);
             // The same answer whether or not the password was right (SPEC §5).
@@ -416,6 +448,7 @@ impl Accounts {
         ip: Option<&str>,
     ) -> Result<(), SignInError> {
         let user = &pending.user;
+        let _turn = self.attempt_gates.turn(&user.id).await;
         if let Some(until) = self.locked_until(user)? {
             return Err(SignInError::Locked { until });
         }
@@ -480,6 +513,7 @@ impl Accounts {
         ip: Option<&str>,
     ) -> Result<SecretToken, SignInError> {
         let user = &pending.user;
+        let _turn = self.attempt_gates.turn(&user.id).await;
         if let Some(until) = self.locked_until(user)? {
             return Err(SignInError::Locked { until });
         }
