@@ -274,7 +274,7 @@ other_cpu() {
         other=(busy-(o1-o0)-w)/wall; if (other<0) other=0
         printf "%.2f %.1f", other, 100*steal/all }'
 }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else printf "%.6f\n", (a[NR/2]+a[NR/2+1])/2 }'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else printf "%.10g\n", (a[NR/2]+a[NR/2+1])/2 }'; }
 
 declare -A RPS P50 P99 CPU BACKEND_CPU
 # Each round's figures by front, so that the two fronts can be compared round by round:
