@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::*;
-use crate::accounts::signin::Activation;
+use crate::accounts::signin::{Activation, SignInError};
 use crate::clock::ManualClock;
 use crate::config::Config;
 use crate::store::{Session, SessionState, TotpCredential};
@@ -341,24 +341,32 @@ async fn a_burst_of_guesses_cannot_outrun_the_lockout() {
                 )
             })
             .collect();
-        let results: Vec<_> = futures_util::future::join_all(guesses)
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        // One at a time: four wrong ones are told so, the fifth locks the account, and
-        // the right one passes only if it came before the fifth; so at most five
-        // guesses are judged. Any later guess gets the lock's answer.
-        let told_wrong = results
-            .iter()
-            .filter(|r| matches!(r, Err(crate::accounts::signin::SignInError::BadCredentials)))
-            .count();
-        let passed = results.iter().filter(|r| r.is_ok()).count();
-        assert!(
-            told_wrong <= 4 && told_wrong + passed <= 5,
-            "burst {burst}: {told_wrong} told wrong and {passed} passed: {results:?}"
-        );
+        at_most_five_judged(guesses, |e| matches!(e, SignInError::BadCredentials)).await;
     }
+}
+
+/// Joins a burst of guesses and checks that they were judged one at a time: four wrong
+/// ones are told so (`told_wrong`), the fifth locks the account, and the right one passes
+/// only if it came before the fifth; so at most five are judged, and any later guess
+/// gets the lock's answer.
+async fn at_most_five_judged<T: std::fmt::Debug>(
+    guesses: Vec<tokio::task::JoinHandle<Result<T, SignInError>>>,
+    told_wrong: impl Fn(&SignInError) -> bool,
+) {
+    let results: Vec<_> = futures_util::future::join_all(guesses)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let wrong = results
+        .iter()
+        .filter(|r| r.as_ref().err().is_some_and(&told_wrong))
+        .count();
+    let passed = results.iter().filter(|r| r.is_ok()).count();
+    assert!(
+        wrong <= 4 && wrong + passed <= 5,
+        "{wrong} told wrong and {passed} passed: {results:?}"
+    );
 }
 
 /// The code step keeps the same count: a burst of codes for one pending sign-in, the
@@ -407,20 +415,7 @@ async fn a_burst_of_codes_cannot_outrun_the_lockout() {
             })
         })
         .collect();
-    let results: Vec<_> = futures_util::future::join_all(guesses)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    let told_wrong = results
-        .iter()
-        .filter(|r| matches!(r, Err(crate::accounts::signin::SignInError::Code(_))))
-        .count();
-    let passed = results.iter().filter(|r| r.is_ok()).count();
-    assert!(
-        told_wrong <= 4 && told_wrong + passed <= 5,
-        "{told_wrong} told wrong and {passed} passed: {results:?}"
-    );
+    at_most_five_judged(guesses, |e| matches!(e, SignInError::Code(_))).await;
 }
 
 /// Arrival order counts: the right password sent after ten wrong ones, all in flight
