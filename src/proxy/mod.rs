@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::config::Upstream;
 use crate::web::Body;
-use pool::{Answer, Pool, SendError};
+use pool::{Pool, SendError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -81,7 +81,7 @@ impl Upstreams {
         *req.version_mut() = Version::HTTP_11;
 
         let sent = self.pool.send(&upstream.authority, req, upgrade.is_some());
-        let answer: Answer = match sent.await {
+        let answer = match sent.await {
             Err(SendError::Timeout) => return Err(ProxyError::Timeout),
             Err(SendError::Unreachable(why)) => {
                 tracing::debug!(error = %why, upstream = %upstream.authority, "upstream request failed");
